@@ -1,0 +1,287 @@
+r"""Quantized layers: Keras layers whose inputs and weights pass through quantizers.
+
+Every layer computes ``y = act(f(q_kernel(w), q_input(x)) + b)`` with real-valued latent
+weights ``w``: the input is quantized, the kernels are quantized, and then the Keras
+layer's *own* ``call`` runs on them. One mechanism (:class:`QuantizerMixin`) serves all
+layers; each class only names which of its variables have which quantizer. With every
+quantizer ``None`` a layer is exactly its Keras counterpart.
+
+The convolutions also take ``pad_values``: with ``padding="same"`` the input is padded
+with this constant (e.g. ``1.0``) instead of zeros, so binary inputs stay binary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from bnn_cli import quantizers
+from bnn_cli._keras import keras, tf
+from bnn_cli.registry import REGISTRY, Entry, Param, first_doc_line, signature_params
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "QuantConv1D",
+    "QuantConv2D",
+    "QuantConv2DTranspose",
+    "QuantConv3D",
+    "QuantConv3DTranspose",
+    "QuantDense",
+    "QuantDepthwiseConv2D",
+    "QuantLocallyConnected1D",
+    "QuantLocallyConnected2D",
+    "QuantSeparableConv1D",
+    "QuantSeparableConv2D",
+    "QuantizerMixin",
+]
+
+
+@contextlib.contextmanager
+def _swapped(obj: Any, name: str, value: Any) -> Iterator[None]:
+    """Temporarily replace an attribute, bypassing Keras's attribute tracking.
+
+    ``object.__setattr__`` keeps Keras from un-tracking the variable we put back.
+    """
+    original = obj.__dict__[name]
+    object.__setattr__(obj, name, value)
+    try:
+        yield
+    finally:
+        object.__setattr__(obj, name, original)
+
+
+def is_binary(quantizer: Any) -> bool:
+    """A 1-bit quantizer that actually quantizes (``NoOp(precision=1)`` only marks)."""
+    return getattr(quantizer, "precision", None) == 1 and not isinstance(
+        quantizer, quantizers.NoOp
+    )
+
+
+class QuantizerMixin:
+    """Quantize the input and the kernels, then run the Keras layer's own computation.
+
+    Subclasses list their quantized variables in ``_quantized_weights`` as
+    ``(quantizer argument, variable attribute)`` pairs. The constraint checked for the
+    starved-weights warning is the argument's prefix + ``_constraint``
+    (``kernel_quantizer`` -> ``kernel_constraint``).
+    """
+
+    _quantized_weights: ClassVar[tuple[tuple[str, str], ...]] = (("kernel_quantizer", "kernel"),)
+
+    def __init__(self, *args: Any, input_quantizer: Any = None, **kwargs: Any):
+        given = {arg: kwargs.pop(arg, None) for arg, _ in self._quantized_weights}
+        super().__init__(*args, **kwargs)
+        self.input_quantizer = quantizers.get(input_quantizer)
+        for arg, value in given.items():
+            setattr(self, arg, quantizers.get(value))
+            self._warn_if_starved(arg)
+
+    def _warn_if_starved(self, arg: str) -> None:
+        constraint = arg.replace("_quantizer", "_constraint")
+        if is_binary(getattr(self, arg)) and not getattr(self, constraint, None):
+            log.warning(
+                "%s: using a binary `%s` without setting `%s` may result in starved "
+                "weights (where the gradient is always zero).", self.name, arg, constraint
+            )
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        # Tag variables with their precision, for summaries and optimizers such as Bop.
+        for arg, attr in self._quantized_weights:
+            precision = getattr(getattr(self, arg), "precision", None)
+            if precision is not None:
+                getattr(self, attr).precision = precision
+
+    def call(self, inputs):
+        if self.input_quantizer is not None:
+            inputs = self.input_quantizer(inputs)
+        with contextlib.ExitStack() as stack:
+            for arg, attr in self._quantized_weights:
+                quantizer = getattr(self, arg)
+                if quantizer is not None:
+                    stack.enter_context(_swapped(self, attr, quantizer(getattr(self, attr))))
+            return super().call(inputs)
+
+    def quantized_weights(self) -> dict[str, tf.Tensor]:
+        """Each quantized variable's quantized value (e.g. the +-1 kernel) by attribute."""
+        return {
+            attr: (getattr(self, arg) or tf.identity)(getattr(self, attr))
+            for arg, attr in self._quantized_weights
+        }
+
+    def get_config(self):
+        config = {**super().get_config(),
+                  "input_quantizer": quantizers.serialize(self.input_quantizer)}
+        for arg, _ in self._quantized_weights:
+            config[arg] = quantizers.serialize(getattr(self, arg))
+        return config
+
+
+class PadValuesMixin:
+    """``padding="same"`` with a constant other than zero (``pad_values``).
+
+    With a non-zero ``pad_values`` the layer pads its input explicitly and runs the Keras
+    convolution with ``padding="valid"``; with zeros it uses the native padding.
+    """
+
+    def __init__(self, *args: Any, pad_values: float = 0.0, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.pad_values = pad_values
+        native = self.padding != "same" or self.pad_values == 0.0
+        if self.padding == "causal" and self.pad_values != 0.0:
+            raise ValueError("causal padding with pad_values != 0 is not supported")
+        self._native_padding = native
+
+    def _same_padding(self, spatial_shape: list) -> list[list]:
+        """[before, after] per spatial axis that makes "valid" behave like "same"."""
+        pads = []
+        for size, k, s, d in zip(spatial_shape, self.kernel_size, self.strides,
+                                 self.dilation_rate):
+            effective = (k - 1) * d + 1
+            out = (size + s - 1) // s
+            total = tf.maximum((out - 1) * s + effective - size, 0)
+            pads.append([total // 2, total - total // 2])
+        return pads
+
+    def _spatial(self, shape) -> list:
+        return list(shape[1:-1] if self.data_format == "channels_last" else shape[2:])
+
+    def _full_padding(self, spatial_pads: list[list]) -> list[list]:
+        if self.data_format == "channels_last":
+            return [[0, 0], *spatial_pads, [0, 0]]
+        return [[0, 0], [0, 0], *spatial_pads]
+
+    def build(self, input_shape):
+        if self._native_padding:
+            return super().build(input_shape)
+        shape = tf.TensorShape(input_shape).as_list()
+        padded = self._full_padding(self._same_padding(
+            [s if s is not None else 0 for s in self._spatial(shape)]))
+        padded_shape = [
+            None if dim is None else dim + int(before) + int(after)
+            for dim, (before, after) in zip(shape, padded)
+        ]
+        with _swapped(self, "padding", "valid"):
+            super().build(tf.TensorShape(padded_shape))
+
+    def call(self, inputs):
+        if self._native_padding:
+            return super().call(inputs)
+        shape = inputs.shape if inputs.shape[1:].is_fully_defined() else tf.shape(inputs)
+        paddings = self._full_padding(self._same_padding(self._spatial(shape)))
+        inputs = tf.pad(inputs, paddings, constant_values=self.pad_values)
+        with _swapped(self, "padding", "valid"):
+            return super().call(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "pad_values": float(self.pad_values)}
+
+
+_DEPTHWISE = (("depthwise_quantizer", "depthwise_kernel"),)
+_SEPARABLE = (("depthwise_quantizer", "depthwise_kernel"),
+              ("pointwise_quantizer", "pointwise_kernel"))
+
+
+class QuantDense(QuantizerMixin, keras.layers.Dense):
+    """Densely connected layer with quantized inputs and kernel.
+
+    ``y = activation(q_input(x) @ q_kernel(w) + b)``. Takes every ``keras.layers.Dense``
+    argument plus ``input_quantizer`` and ``kernel_quantizer``.
+    """
+
+
+class QuantConv1D(QuantizerMixin, PadValuesMixin, keras.layers.Conv1D):
+    """1D convolution with quantized inputs and kernel, and ``pad_values``."""
+
+
+class QuantConv2D(QuantizerMixin, PadValuesMixin, keras.layers.Conv2D):
+    """2D convolution with quantized inputs and kernel, and ``pad_values``.
+
+    ``y = activation(conv2d(q_input(x), q_kernel(w)) + b)``; with ``padding="same"`` the
+    quantized input is padded with ``pad_values``.
+    """
+
+
+class QuantConv3D(QuantizerMixin, PadValuesMixin, keras.layers.Conv3D):
+    """3D convolution with quantized inputs and kernel, and ``pad_values``."""
+
+
+class QuantDepthwiseConv2D(QuantizerMixin, PadValuesMixin, keras.layers.DepthwiseConv2D):
+    """Depthwise 2D convolution with quantized inputs and ``depthwise_quantizer``."""
+
+    _quantized_weights = _DEPTHWISE
+
+
+class QuantSeparableConv1D(QuantizerMixin, PadValuesMixin, keras.layers.SeparableConv1D):
+    """Separable 1D convolution with ``depthwise_quantizer`` and ``pointwise_quantizer``."""
+
+    _quantized_weights = _SEPARABLE
+
+
+class QuantSeparableConv2D(QuantizerMixin, PadValuesMixin, keras.layers.SeparableConv2D):
+    """Separable 2D convolution with ``depthwise_quantizer`` and ``pointwise_quantizer``."""
+
+    _quantized_weights = _SEPARABLE
+
+
+class QuantConv2DTranspose(QuantizerMixin, keras.layers.Conv2DTranspose):
+    """Transposed 2D convolution with quantized inputs and kernel."""
+
+
+class QuantConv3DTranspose(QuantizerMixin, keras.layers.Conv3DTranspose):
+    """Transposed 3D convolution with quantized inputs and kernel."""
+
+
+class QuantLocallyConnected1D(QuantizerMixin, keras.layers.LocallyConnected1D):
+    """Locally connected 1D layer (unshared weights) with quantized inputs and kernel."""
+
+
+class QuantLocallyConnected2D(QuantizerMixin, keras.layers.LocallyConnected2D):
+    """Locally connected 2D layer (unshared weights) with quantized inputs and kernel."""
+
+
+QUANT_LAYERS = (
+    QuantDense, QuantConv1D, QuantConv2D, QuantConv3D, QuantDepthwiseConv2D,
+    QuantSeparableConv1D, QuantSeparableConv2D, QuantConv2DTranspose, QuantConv3DTranspose,
+    QuantLocallyConnected1D, QuantLocallyConnected2D,
+)
+
+
+def layer_params(cls: type) -> tuple[Param, ...]:
+    """The constructor arguments of a layer: its own, then its Keras base class's."""
+    own: list[Param] = [Param("input_quantizer", None)] if issubclass(cls, QuantizerMixin) else []
+    if issubclass(cls, QuantizerMixin):
+        own += [Param(arg, None) for arg, _ in cls._quantized_weights]
+    if issubclass(cls, PadValuesMixin):
+        own.append(Param("pad_values", 0.0))
+    keras_base = next(b for b in cls.__mro__ if b.__module__.startswith("tf_keras"))
+    names = {p.name for p in own}
+    return (*own, *(p for p in signature_params(keras_base) if p.name not in names))
+
+
+def register_layer(cls: type | None = None, *, name: str | None = None,
+                   replace: bool = False, builtin: bool = False):
+    """Register a Keras layer class so that YAML model specs can name it by ``type``."""
+
+    def decorator(target: type) -> type:
+        entry = Entry(kind="layer", name=name or target.__name__, obj=target,
+                      params=layer_params(target), summary=first_doc_line(target),
+                      builtin=builtin)
+        REGISTRY.add(entry, replace=replace)
+        keras.saving.register_keras_serializable("bnn_cli", entry.name)(target)
+        return target
+
+    return decorator if cls is None else decorator(cls)
+
+
+def _register_builtins() -> None:
+    for cls in QUANT_LAYERS:
+        register_layer(cls, builtin=True)
+        # Plain class names too, so models saved by Larq load with these classes.
+        keras.utils.get_custom_objects()[cls.__name__] = cls
+
+
+_register_builtins()

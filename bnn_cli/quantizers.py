@@ -1,0 +1,639 @@
+r"""Quantizers: full-precision values to a small set in the forward pass, a
+pseudo-gradient in the backward pass.
+
+The true gradient of a step function is zero almost everywhere, so each quantizer pairs
+its forward function with a pseudo-gradient built with ``tf.custom_gradient``. Names,
+arguments, defaults and numerics follow Larq 0.14.
+
+Quantizers are used three ways, all equivalent for the same arguments::
+
+    QuantDense(64, input_quantizer="ste_sign")            # by name, in a layer
+    QuantDense(64, input_quantizer=SteSign(clip_value=1.0))  # as an object
+    Activation("ste_sign")(x) == SteSign()(x)              # as an activation
+
+Custom quantizers are registered with :func:`register_quantizer` and can then be named
+by string everywhere a built-in one can.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from bnn_cli import math as bmath
+from bnn_cli._keras import keras, tf
+from bnn_cli.errors import UserError
+from bnn_cli.registry import REGISTRY, Entry, first_doc_line, signature_params
+
+__all__ = [
+    "ApproxSign",
+    "BaseQuantizer",
+    "DoReFa",
+    "DoReFaQuantizer",
+    "MagnitudeAwareSign",
+    "NoOp",
+    "NoOpQuantizer",
+    "Quantizer",
+    "QuantizerActivation",
+    "SteHeaviside",
+    "SteSign",
+    "SteTern",
+    "SwishSign",
+    "approx_sign",
+    "deserialize",
+    "get",
+    "register_quantizer",
+    "serialize",
+    "ste_heaviside",
+    "ste_sign",
+    "ste_tern",
+    "swish_sign",
+]
+
+QuantizerLike = Callable[[tf.Tensor], tf.Tensor]
+
+# ---------------------------------------------------------------------------------------
+# Quantizer functions: forward value and pseudo-gradient.
+# ---------------------------------------------------------------------------------------
+
+
+def _clipped_gradient(x: tf.Tensor, dy: tf.Tensor, clip_value: float | None) -> tf.Tensor:
+    """``dy`` where ``|x| <= clip_value`` (the boundary passes), zero elsewhere."""
+    if clip_value is None:
+        return dy
+    return tf.where(tf.math.abs(x) <= clip_value, dy, tf.zeros_like(dy))
+
+
+def ste_sign(x: tf.Tensor, clip_value: float | None = 1.0) -> tf.Tensor:
+    """Binary sign with the clipped straight-through estimator (see :class:`SteSign`)."""
+
+    @tf.custom_gradient
+    def _ste_sign(x):
+        return bmath.sign(x), lambda dy: _clipped_gradient(x, dy, clip_value)
+
+    return _ste_sign(x)
+
+
+def approx_sign(x: tf.Tensor) -> tf.Tensor:
+    """Binary sign with Bi-Real Net's piecewise-linear gradient (see :class:`ApproxSign`)."""
+
+    # The custom-gradient function stays inner: at module level tf.custom_gradient
+    # returns a `Bind` object, which Keras cannot serialize as an activation.
+    @tf.custom_gradient
+    def _approx_sign(x):
+        def grad(dy):
+            abs_x = tf.math.abs(x)
+            return tf.where(abs_x <= 1.0, (1 - abs_x) * 2 * dy, tf.zeros_like(dy))
+
+        return bmath.sign(x), grad
+
+    return _approx_sign(x)
+
+
+def swish_sign(x: tf.Tensor, beta: float = 5.0) -> tf.Tensor:
+    """Binary sign with the SignSwish gradient (see :class:`SwishSign`)."""
+
+    @tf.custom_gradient
+    def _swish_sign(x):
+        def grad(dy):
+            b_x = beta * x
+            return dy * beta * (2 - b_x * tf.tanh(b_x * 0.5)) / (1 + tf.cosh(b_x))
+
+        return bmath.sign(x), grad
+
+    return _swish_sign(x)
+
+
+def ste_heaviside(x: tf.Tensor, clip_value: float | None = 1.0) -> tf.Tensor:
+    """Heaviside step with the clipped straight-through estimator (see :class:`SteHeaviside`)."""
+
+    @tf.custom_gradient
+    def _ste_heaviside(x):
+        return bmath.heaviside(x), lambda dy: _clipped_gradient(x, dy, clip_value)
+
+    return _ste_heaviside(x)
+
+
+def ste_tern(
+    x: tf.Tensor,
+    threshold_value: float = 0.05,
+    ternary_weight_networks: bool = False,
+    clip_value: float | None = 1.0,
+) -> tf.Tensor:
+    """Ternarization with the clipped straight-through estimator (see :class:`SteTern`)."""
+
+    @tf.custom_gradient
+    def _ste_tern(x):
+        if ternary_weight_networks:
+            # TWN: Delta = 0.7 * mean(|x|) over the whole tensor.
+            threshold = 0.7 * tf.reduce_sum(tf.abs(x)) / tf.cast(tf.size(x), x.dtype)
+        else:
+            threshold = threshold_value
+        value = tf.sign(tf.sign(x + threshold) + tf.sign(x - threshold))
+        return value, lambda dy: _clipped_gradient(x, dy, clip_value)
+
+    return _ste_tern(x)
+
+
+def _round_with_identity_grad(x: tf.Tensor, levels: int) -> tf.Tensor:
+    """``round(x * levels) / levels`` (half to even, as Larq) with an identity gradient."""
+
+    @tf.custom_gradient
+    def _round(x):
+        return tf.round(x * levels) / levels, lambda dy: dy
+
+    return _round(x)
+
+
+# ---------------------------------------------------------------------------------------
+# Quantizer layers.
+# ---------------------------------------------------------------------------------------
+
+
+class Quantizer(keras.layers.Layer):
+    """Base class of all quantizers: a Keras layer with a ``precision`` (in bits).
+
+    ``precision`` is read by :func:`bnn_cli.models.summary` and by optimizers such as
+    :class:`bnn_cli.optimizers.Bop` that treat binary weights differently.
+    """
+
+    precision: int | None = None
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class BaseQuantizer(Quantizer):
+    """A quantizer with optional training metrics.
+
+    Subclasses implement :meth:`quantize`; ``call`` adds the metrics on top.
+
+    Args:
+        metrics: metrics to track on the quantized output; only ``"flip_ratio"`` (the
+            share of values that changed since the previous step) is available.
+    """
+
+    def __init__(self, *args: Any, metrics: list[str] | None = None, **kwargs: Any):
+        self._custom_metrics = list(metrics) if metrics else None
+        unknown = set(self._custom_metrics or ()) - {"flip_ratio"}
+        if unknown:
+            raise ValueError(f"unknown quantizer metric(s) {sorted(unknown)}; "
+                             "only 'flip_ratio' is available")
+        super().__init__(*args, **kwargs)
+
+    def build(self, input_shape):
+        if self._custom_metrics and "flip_ratio" in self._custom_metrics:
+            from bnn_cli.metrics import FlipRatio  # metrics imports quantizers' users
+
+            self.flip_ratio = FlipRatio(name=f"flip_ratio/{self.name}")
+            self.flip_ratio.build(input_shape)
+        super().build(input_shape)
+
+    def quantize(self, inputs: tf.Tensor) -> tf.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def call(self, inputs):
+        outputs = self.quantize(inputs)
+        if hasattr(self, "flip_ratio"):
+            self.add_metric(self.flip_ratio(outputs))
+        return outputs
+
+    @property
+    def non_trainable_weights(self):
+        # The flip-ratio metric's state is not part of the model's weights.
+        return []
+
+    def get_config(self):
+        return {**super().get_config(), "metrics": self._custom_metrics}
+
+
+class NoOp(BaseQuantizer):
+    r"""Identity quantizer that only marks a variable with a precision.
+
+    Forward: ``q(x) = x``. Pseudo-gradient: ``dq/dx = 1``.
+
+    Use it to tag latent weights as binary for :class:`bnn_cli.optimizers.Bop`
+    (``NoOp(precision=1)``) or to track their flip ratio.
+
+    Args:
+        precision: the precision (bits) the variable is to be treated as. Required.
+    """
+
+    precision = None
+
+    def __init__(self, precision: int, **kwargs: Any):
+        self.precision = precision
+        super().__init__(**kwargs)
+
+    def quantize(self, inputs):
+        return inputs
+
+    def get_config(self):
+        return {**super().get_config(), "precision": self.precision}
+
+
+class SteSign(BaseQuantizer):
+    r"""Binary quantizer with the straight-through estimator.
+
+    Forward: ``q(x) = -1 if x < 0 else +1`` (``q(0) = +1``).
+
+    Pseudo-gradient: ``dq/dx = 1 if |x| <= clip_value else 0`` (the boundary passes);
+    with ``clip_value=None`` the gradient is never clipped.
+
+    Args:
+        clip_value: threshold for clipping gradients, or ``None``.
+        metrics: ``["flip_ratio"]`` to track flips.
+
+    Reference: Courbariaux et al., Binarized Neural Networks (arXiv:1602.02830).
+    """
+
+    precision = 1
+
+    def __init__(self, clip_value: float | None = 1.0, **kwargs: Any):
+        self.clip_value = clip_value
+        super().__init__(**kwargs)
+
+    def quantize(self, inputs):
+        return ste_sign(inputs, clip_value=self.clip_value)
+
+    def get_config(self):
+        return {**super().get_config(), "clip_value": self.clip_value}
+
+
+class ApproxSign(BaseQuantizer):
+    r"""Binary quantizer with Bi-Real Net's approximate sign gradient.
+
+    Forward: ``q(x) = -1 if x < 0 else +1``.
+
+    Pseudo-gradient: ``dq/dx = 2 - 2|x| if |x| <= 1 else 0``.
+
+    Reference: Liu et al., Bi-Real Net (arXiv:1808.00278).
+    """
+
+    precision = 1
+
+    def quantize(self, inputs):
+        return approx_sign(inputs)
+
+
+class SteHeaviside(BaseQuantizer):
+    r"""Binary quantizer to {0, 1} with the straight-through estimator.
+
+    Forward: ``q(x) = 1 if x > 0 else 0`` (``q(0) = 0``).
+
+    Pseudo-gradient: ``dq/dx = 1 if |x| <= clip_value else 0``.
+
+    Args:
+        clip_value: threshold for clipping gradients, or ``None``.
+    """
+
+    precision = 1
+
+    def __init__(self, clip_value: float | None = 1.0, **kwargs: Any):
+        self.clip_value = clip_value
+        super().__init__(**kwargs)
+
+    def quantize(self, inputs):
+        return ste_heaviside(inputs, clip_value=self.clip_value)
+
+    def get_config(self):
+        return {**super().get_config(), "clip_value": self.clip_value}
+
+
+class SwishSign(BaseQuantizer):
+    r"""Binary quantizer with the SignSwish gradient.
+
+    Forward: ``q(x) = -1 if x < 0 else +1``.
+
+    Pseudo-gradient: ``dq/dx = beta * (2 - beta*x * tanh(beta*x / 2)) / (1 + cosh(beta*x))``.
+
+    Args:
+        beta: larger values approximate the sign's derivative more closely.
+
+    Reference: Darabi et al., BNN+ (arXiv:1812.11800).
+    """
+
+    precision = 1
+
+    def __init__(self, beta: float = 5.0, **kwargs: Any):
+        self.beta = beta
+        super().__init__(**kwargs)
+
+    def quantize(self, inputs):
+        return swish_sign(inputs, beta=self.beta)
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+
+class MagnitudeAwareSign(BaseQuantizer):
+    r"""Binary sign scaled by the mean magnitude of each output channel.
+
+    Forward: ``q(x) = a * sign(x)`` with ``a = mean(|x|)`` over every axis but the last
+    (one scale per channel); ``a`` is a constant for the gradient.
+
+    Pseudo-gradient: ``dq/dx = a if |x| <= clip_value else 0``.
+
+    Args:
+        clip_value: threshold for clipping gradients, or ``None``.
+
+    Reference: Liu et al., Bi-Real Net (arXiv:1808.00278).
+    """
+
+    precision = 1
+
+    def __init__(self, clip_value: float | None = 1.0, **kwargs: Any):
+        self.clip_value = clip_value
+        super().__init__(**kwargs)
+
+    def quantize(self, inputs):
+        axes = list(range(len(inputs.shape) - 1))
+        scale = tf.stop_gradient(tf.reduce_mean(tf.abs(inputs), axis=axes))
+        return scale * ste_sign(inputs, clip_value=self.clip_value)
+
+    def get_config(self):
+        return {**super().get_config(), "clip_value": self.clip_value}
+
+
+class SteTern(BaseQuantizer):
+    r"""Ternary quantizer to {-1, 0, +1} with the straight-through estimator.
+
+    Forward: ``q(x) = +1 if x > D, -1 if x < -D, else 0`` (``q(+-D) = 0``), with
+    ``D = threshold_value``, or with ``ternary_weight_networks=True`` the TWN threshold
+    ``D = 0.7 * mean(|x|)`` over the whole tensor.
+
+    Pseudo-gradient: ``dq/dx = 1 if |x| <= clip_value else 0``.
+
+    Args:
+        threshold_value: the threshold ``D``.
+        ternary_weight_networks: compute ``D`` from the input as TWN does.
+        clip_value: threshold for clipping gradients, or ``None``.
+
+    Reference: Li et al., Ternary Weight Networks (arXiv:1605.04711).
+    """
+
+    precision = 2
+
+    def __init__(
+        self,
+        threshold_value: float = 0.05,
+        ternary_weight_networks: bool = False,
+        clip_value: float | None = 1.0,
+        **kwargs: Any,
+    ):
+        self.threshold_value = threshold_value
+        self.ternary_weight_networks = ternary_weight_networks
+        self.clip_value = clip_value
+        super().__init__(**kwargs)
+
+    def quantize(self, inputs):
+        return ste_tern(
+            inputs,
+            threshold_value=self.threshold_value,
+            ternary_weight_networks=self.ternary_weight_networks,
+            clip_value=self.clip_value,
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "threshold_value": self.threshold_value,
+            "ternary_weight_networks": self.ternary_weight_networks,
+            "clip_value": self.clip_value,
+        }
+
+
+class DoReFa(BaseQuantizer):
+    r"""k-bit DoReFa-Net quantizer for activations or weights.
+
+    Forward, ``mode="activations"``: ``q(x) = round(n * clip(x, 0, 1)) / n`` with
+    ``n = 2^k_bit - 1`` (rounding half to even).
+
+    Forward, ``mode="weights"``: ``t = tanh(x) / (2 max|tanh(x)|) + 0.5``, then
+    ``q(x) = 2 round(n t) / n - 1`` (the max is a constant for the gradient).
+
+    Pseudo-gradient: the rounding passes the gradient unchanged; the clip (activations)
+    or tanh normalisation (weights) around it are differentiated as usual.
+
+    Args:
+        k_bit: number of bits, also the quantizer's ``precision``.
+        mode: ``"activations"`` or ``"weights"``.
+
+    Reference: Zhou et al., DoReFa-Net (arXiv:1606.06160).
+    """
+
+    precision = None
+
+    def __init__(self, k_bit: int = 2, mode: str = "activations", **kwargs: Any):
+        if mode not in ("activations", "weights"):
+            raise ValueError(f"invalid DoReFa mode {mode!r}; use 'activations' or 'weights'")
+        self.precision = k_bit
+        self.mode = mode
+        super().__init__(**kwargs)
+
+    def weight_preprocess(self, inputs: tf.Tensor) -> tf.Tensor:
+        limited = tf.math.tanh(inputs)
+        # The max is a constant for the gradient: otherwise the element that defines it
+        # would see d(x/x)/dx computed term by term instead of 0.
+        dividend = tf.stop_gradient(tf.math.reduce_max(tf.math.abs(limited)))
+        return tf.math.divide_no_nan(limited, 2.0 * dividend) + 0.5
+
+    def quantize(self, inputs):
+        if self.mode == "activations":
+            inputs = tf.clip_by_value(inputs, 0.0, 1.0)
+        else:
+            inputs = self.weight_preprocess(inputs)
+        outputs = _round_with_identity_grad(inputs, 2**self.precision - 1)
+        return 2.0 * outputs - 1.0 if self.mode == "weights" else outputs
+
+    def get_config(self):
+        return {**super().get_config(), "k_bit": self.precision, "mode": self.mode}
+
+
+NoOpQuantizer = NoOp
+DoReFaQuantizer = DoReFa
+
+# ---------------------------------------------------------------------------------------
+# Registration, lookup and serialization.
+# ---------------------------------------------------------------------------------------
+
+_KERAS_PACKAGE = "bnn_cli"
+
+
+class QuantizerActivation:
+    """A registered quantizer used as a Keras activation, by name.
+
+    ``Dense(10, activation="ste_sign")`` and ``Activation("ste_sign")`` resolve to one of
+    these. It is an object with ``get_config`` rather than a plain function because
+    tf-keras serializes custom *functions* in a form its own HDF5 loader cannot read;
+    a registered object round-trips through both the Keras and the HDF5 formats.
+    """
+
+    def __init__(self, name: str):
+        self.name = self.__name__ = name
+        self._quantize: Callable[[tf.Tensor], tf.Tensor] | None = None
+
+    @property
+    def precision(self) -> int | None:
+        return REGISTRY.get("quantizer", self.name).precision
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        if self._quantize is None:
+            obj = REGISTRY.get("quantizer", self.name).obj
+            # A default-configured quantizer's `quantize`: the same values as the layer,
+            # without creating an untracked sub-layer inside the caller's `call`.
+            self._quantize = obj().quantize if inspect.isclass(obj) else obj
+        return self._quantize(x)
+
+    def get_config(self) -> dict[str, str]:
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict[str, str]) -> QuantizerActivation:
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return f"QuantizerActivation({self.name!r})"
+
+
+def _register_with_keras(entry: Entry) -> None:
+    """Make a quantizer resolvable by Keras: as a serializable class and as activations."""
+    custom_objects = keras.utils.get_custom_objects()
+    if inspect.isclass(entry.obj):
+        # Serializable under "bnn_cli>Name"; the plain name too, so that models saved by
+        # Larq (which registers plain class names) load with bnn_cli's classes.
+        keras.saving.register_keras_serializable(_KERAS_PACKAGE, entry.name)(entry.obj)
+        custom_objects[entry.name] = entry.obj
+    names = entry.aliases if inspect.isclass(entry.obj) else entry.names
+    for name in names:
+        custom_objects[name] = QuantizerActivation(name)
+
+
+def register_quantizer(
+    obj: Any = None,
+    *,
+    name: str | None = None,
+    aliases: tuple[str, ...] | list[str] = (),
+    precision: int | None = None,
+    summary: str | None = None,
+    replace: bool = False,
+    builtin: bool = False,
+):
+    """Register a quantizer class or function so that it can be named by string.
+
+    Works as ``@register_quantizer`` or ``@register_quantizer(name="my_sign",
+    precision=1)``. A function's name defaults to its ``__name__``; it receives the
+    input tensor and returns the quantized tensor (typically a ``tf.custom_gradient``
+    function). Registering a taken name raises unless ``replace=True``.
+    """
+    if isinstance(obj, str):  # @register_quantizer("my_sign")
+        return register_quantizer(name=obj, aliases=aliases, precision=precision,
+                                  summary=summary, replace=replace, builtin=builtin)
+
+    def decorator(target: Any) -> Any:
+        is_class = inspect.isclass(target)
+        if is_class and not issubclass(target, keras.layers.Layer):
+            raise UserError(f"quantizer class {target.__name__} must subclass "
+                            "bnn_cli.quantizers.Quantizer (a Keras layer)")
+        entry_name = name or target.__name__
+        bits = precision if precision is not None else getattr(target, "precision", None)
+        if not is_class and bits is not None:
+            target.precision = bits  # read by summaries and optimizers, as Larq does
+        entry = Entry(
+            kind="quantizer",
+            name=entry_name,
+            obj=target,
+            aliases=tuple(aliases),
+            precision=bits,
+            params=signature_params(target, skip=() if is_class else _first_arg(target)),
+            summary=summary or first_doc_line(target),
+            builtin=builtin,
+        )
+        REGISTRY.add(entry, replace=replace)
+        _register_with_keras(entry)
+        return target
+
+    return decorator if obj is None else decorator(obj)
+
+
+def _first_arg(fn: Any) -> tuple[str, ...]:
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return ()
+    return tuple(params[:1])
+
+
+def get(identifier: Any) -> QuantizerLike | None:
+    """Resolve a quantizer identifier: ``None``, a name, a serialized dict or a callable.
+
+    A name resolves through the registry (name or alias): a class is instantiated with
+    its defaults, a function is returned as it is.
+    """
+    if identifier is None:
+        return None
+    if isinstance(identifier, str):
+        entry = REGISTRY.get("quantizer", identifier)
+        if inspect.isclass(entry.obj):
+            missing = [p.name for p in entry.params if p.required]
+            if missing:
+                raise UserError(f"quantizer {identifier!r} needs argument(s) {missing}; "
+                                f"write it as {{type: {entry.name}, {missing[0]}: ...}}")
+            return entry.obj()
+        return entry.obj
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    if callable(identifier):
+        return identifier
+    raise ValueError(f"could not interpret quantizer identifier: {identifier!r}")
+
+
+def serialize(quantizer: QuantizerLike | None) -> str | dict | None:
+    """A JSON-able description of a quantizer, the inverse of :func:`get`."""
+    if quantizer is None:
+        return None
+    if isinstance(quantizer, keras.layers.Layer):
+        entry = REGISTRY.find_obj("quantizer", type(quantizer))
+        class_name = entry.name if entry else type(quantizer).__name__
+        return {"class_name": class_name, "config": quantizer.get_config()}
+    entry = REGISTRY.find_obj("quantizer", quantizer)
+    if entry is None:
+        raise UserError(
+            f"quantizer function {getattr(quantizer, '__name__', quantizer)!r} is not "
+            "registered, so a model using it cannot be saved; decorate it with "
+            "@bnn_cli.quantizers.register_quantizer"
+        )
+    return entry.name
+
+
+def deserialize(config: dict | str) -> QuantizerLike | None:
+    """Rebuild a quantizer from :func:`serialize`'s output (or Larq's / Keras's)."""
+    if not isinstance(config, dict):
+        return get(config)
+    class_name = config.get("registered_name") or config["class_name"]
+    class_name = class_name.split(">")[-1]
+    entry = REGISTRY.get("quantizer", class_name)
+    if not inspect.isclass(entry.obj):
+        return entry.obj
+    return entry.obj.from_config(dict(config.get("config") or {}))
+
+
+def _register_builtins() -> None:
+    keras.saving.register_keras_serializable(_KERAS_PACKAGE)(QuantizerActivation)
+    keras.utils.get_custom_objects()["QuantizerActivation"] = QuantizerActivation
+    builtins = {
+        SteSign: ("ste_sign",),
+        ApproxSign: ("approx_sign",),
+        SwishSign: ("swish_sign",),
+        SteHeaviside: ("ste_heaviside",),
+        SteTern: ("ste_tern",),
+        DoReFa: ("dorefa_quantizer",),
+        MagnitudeAwareSign: ("magnitude_aware_sign",),
+        NoOp: (),
+    }
+    for cls, aliases in builtins.items():
+        register_quantizer(cls, aliases=aliases, builtin=True)
+
+
+_register_builtins()
