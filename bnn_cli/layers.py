@@ -257,7 +257,7 @@ def layer_params(cls: type) -> tuple[Param, ...]:
         own += [Param(arg, None) for arg, _ in cls._quantized_weights]
     if issubclass(cls, PadValuesMixin):
         own.append(Param("pad_values", 0.0))
-    keras_base = next(b for b in cls.__mro__ if b.__module__.startswith("tf_keras"))
+    keras_base = next((b for b in cls.__mro__ if b.__module__.startswith("tf_keras")), cls)
     names = {p.name for p in own}
     return (*own, *(p for p in signature_params(keras_base) if p.name not in names))
 
@@ -277,11 +277,27 @@ def register_layer(cls: type | None = None, *, name: str | None = None,
     return decorator if cls is None else decorator(cls)
 
 
+def _keras_layer_classes() -> dict[type, list[str]]:
+    """Every public layer class of ``keras.layers`` with all the names it has there."""
+    found: dict[type, list[str]] = {}
+    for name in dir(keras.layers):
+        obj = getattr(keras.layers, name)
+        if isinstance(obj, type) and issubclass(obj, keras.layers.Layer) and name[0] != "_":
+            found.setdefault(obj, []).append(name)
+    return found
+
+
 def _register_builtins() -> None:
     for cls in QUANT_LAYERS:
         register_layer(cls, builtin=True)
         # Plain class names too, so models saved by Larq load with these classes.
         keras.utils.get_custom_objects()[cls.__name__] = cls
+    for cls, names in _keras_layer_classes().items():
+        name = cls.__name__ if cls.__name__ in names else names[0]
+        aliases = tuple(n for n in names if n != name)
+        entry = Entry(kind="layer", name=name, obj=cls, aliases=aliases,
+                      params=layer_params(cls), summary=first_doc_line(cls), builtin=True)
+        REGISTRY.add(entry)
 
 
 _register_builtins()

@@ -1,0 +1,291 @@
+"""The config file: its schema (pydantic models) and its validation.
+
+A config has three sections, ``model``, ``data`` and ``training``, plus ``name`` and
+``plugins`` (Python files or modules to import so that custom quantizers and layers they
+register can be named). Validation collects *every* problem in the file and reports each
+with its file, line, column and key path; nothing in a config is ever executed.
+
+The model section is structural here (layers are mappings with a ``type``); the model
+builder checks layer types and arguments against the registry, with the same locations.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bnn_cli.config_data_draft import DataConfig
+from bnn_cli.errors import UserError, did_you_mean
+from bnn_cli.yaml_source import Document, Location, PathKey, apply_overrides, format_path
+from bnn_cli.yaml_source import load_yaml as _load_yaml
+
+# ---------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must never pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(BaseModel):
+    """A component named by ``type`` with its own arguments beside it."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+LayerSpec = dict[str, Any]
+"""A layer (``type`` + arguments), a block use (``block`` + parameters); see builder."""
+
+
+class BlockDef(Strict):
+    """A named, parameterized group of layers, used like a layer with ``block: NAME``.
+
+    ``params`` maps parameter names to defaults (``null`` = required); inside ``layers``
+    the string ``${name}`` stands for a parameter's value, ``input`` for the block input.
+    """
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    layers: list[LayerSpec] = Field(min_length=1)
+
+
+class InputSpec(Strict):
+    name: str = "input"
+    shape: list[int | None]
+    dtype: str = "float32"
+
+
+class ModelConfig(Strict):
+    """The network: layers in order, or a graph of named layers with ``inputs``."""
+
+    name: str | None = None
+    inputs: list[InputSpec] | None = None  # default: one input shaped like the data
+    defaults: dict[str, dict[str, Any]] = Field(default_factory=dict)  # layer type -> args
+    blocks: dict[str, BlockDef] = Field(default_factory=dict)
+    layers: list[LayerSpec] = Field(min_length=1)
+    outputs: list[str] | None = None  # default: the last layer
+
+
+class Schedule(Strict):
+    """A learning-rate schedule over epochs, with optional linear warm-up."""
+
+    type: Literal["constant", "exponential", "piecewise", "cosine"] = "constant"
+    initial: float = Field(default=1e-3, gt=0)
+    decay_rate: float = Field(default=0.96, gt=0)  # exponential: lr * rate^(epoch/steps)
+    decay_epochs: float = Field(default=1.0, gt=0)
+    boundaries: list[int] = Field(default_factory=list)  # piecewise: epoch boundaries
+    values: list[float] = Field(default_factory=list)  # piecewise: len(boundaries) + 1
+    alpha: float = Field(default=0.0, ge=0)  # cosine: final lr as a fraction of initial
+    warmup_epochs: float = Field(default=0.0, ge=0)
+
+
+class OptimizerSpec(Component):
+    """``{type: Adam, ...}``; ``{type: case, binary: {...}, default: {...}}`` pairs Bop
+    (or any optimizer) for binary latent weights with another for the rest."""
+
+    type: str = "Adam"
+
+
+class EarlyStopping(Strict):
+    monitor: str | None = None  # default: training.monitor
+    patience: int = Field(default=5, ge=0)
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+class TrainingConfig(Strict):
+    epochs: int = Field(default=10, ge=1, le=100_000)
+    batch_size: int = Field(default=64, ge=1, le=1_000_000)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    learning_rate: float | Schedule = Field(default=1e-3)
+    loss: str = "sparse_categorical_crossentropy"
+    metrics: list[str] = Field(default_factory=lambda: ["accuracy"])
+    monitor: str = "val_accuracy"  # the metric that picks the best checkpoint
+    monitor_mode: Literal["auto", "min", "max"] = "auto"
+    early_stopping: EarlyStopping | None = None
+    seed: int | None = 0
+    deterministic: bool = False  # TF op determinism: same seed -> same metrics
+    steps_per_epoch: int | None = Field(default=None, ge=1)  # cap, for quick runs
+    flip_ratio: bool = False  # track the flip ratio of binary kernels
+
+
+class ConfigFile(Strict):
+    """A whole config file."""
+
+    name: str | None = None  # run name; default: the file's stem
+    plugins: list[str] = Field(default_factory=list)
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation with locations
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a config, with where it is."""
+
+    path: PathKey
+    message: str
+    location: Location
+
+    def __str__(self) -> str:
+        return f"{self.location}: {format_path(self.path)}: {self.message}"
+
+
+class ConfigError(UserError):
+    """Every problem found in a config, each with file, line, column and key path."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = sorted(problems, key=lambda p: (p.location.line or 0, str(p.path)))
+        if len(self.problems) == 1:
+            text = str(self.problems[0])
+        else:
+            lines = "\n".join(f"  {p}" for p in self.problems)
+            text = f"the config has {len(self.problems)} problems:\n{lines}"
+        super().__init__(text)
+
+
+@dataclass
+class Config:
+    """A validated config together with the document it came from."""
+
+    spec: ConfigFile
+    document: Document
+    path: Path | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or (self.path.stem if self.path else "run")
+
+    def problem(self, path: PathKey, message: str, *, key: bool = False) -> Problem:
+        return Problem(path, message, self.document.locate(path, key=key))
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config file; raise :class:`ConfigError` on problems."""
+    doc = _load_yaml(path)
+    apply_overrides(doc, list(overrides or []))
+    return validate(doc, Path(path))
+
+
+def validate(doc: Document, path: Path | None = None) -> Config:
+    if not isinstance(doc.data, dict):
+        raise ConfigError([Problem((), "a config must be a mapping with at least a `model:` "
+                                   "section", doc.locate(()))])
+    try:
+        spec = ConfigFile.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigError([_problem_from_pydantic(err, doc) for err in exc.errors()]) from None
+    return Config(spec=spec, document=doc, path=path)
+
+
+def _problem_from_pydantic(err: dict[str, Any], doc: Document) -> Problem:
+    path = _data_path(doc.data, err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(path[-1])
+        known = _known_keys(err["loc"][:-1])
+        message = f"unknown key {key!r}{did_you_mean(key, known)}"
+        if known and not did_you_mean(key, known):
+            message += f"; valid keys: {', '.join(sorted(known))}"
+        return Problem(path, message, doc.locate(path, key=True))
+    if kind == "missing":
+        return Problem(path, f"required key {str(path[-1])!r} is missing", doc.locate(path))
+    if kind == "union_tag_invalid":
+        tag = err.get("ctx", {}).get("tag")
+        expected = err.get("ctx", {}).get("expected_tags", "")
+        return Problem(path, f"unknown type {tag!r}; expected one of {expected}",
+                       doc.locate(path))
+    got = repr(err.get("input"))
+    got = got if len(got) < 60 else got[:57] + "..."
+    return Problem(path, f"{err['msg'].rstrip('.')} (got {got})", doc.locate(path))
+
+
+def _data_path(data: Any, loc: tuple) -> PathKey:
+    """Pydantic's location minus the parts that aren't in the data (union tags...)."""
+    path: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif i == len(loc) - 1 and isinstance(node, dict):
+            pass  # a missing or unknown key: keep it as the last part
+        else:
+            continue  # a union member's tag, e.g. 'rescale' or 'float'
+        path.append(part)
+    return tuple(path)
+
+
+def _known_keys(loc: tuple) -> set[str]:
+    """Field names of the schema model(s) found at a pydantic location."""
+    candidates: list[Any] = [ConfigFile]
+    for part in loc:
+        nxt: list[Any] = []
+        for tp in candidates:
+            for inner in _unwrap(tp):
+                if _is_model(inner) and isinstance(part, str) and part in inner.model_fields:
+                    nxt.extend(_unwrap(inner.model_fields[part].annotation))
+                elif _is_model(inner) and isinstance(part, str):
+                    continue
+                else:
+                    nxt.append(inner)  # list index / dict key / union tag: stay put
+        candidates = nxt or candidates
+    return {name for tp in candidates for inner in _unwrap(tp) if _is_model(inner)
+            for name in inner.model_fields}
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """Element/member types of Optional, Union, Annotated, list[...] and dict[str, ...]."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        return [t for a in typing.get_args(tp) for t in _unwrap(a)]
+    if origin in (list, tuple):
+        return [t for a in typing.get_args(tp) for t in _unwrap(a)]
+    if origin is dict:
+        return _unwrap(typing.get_args(tp)[1])
+    return [tp]
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a config file, from the same models that validate it.
+
+    Layer ``type`` values are enumerated from the registry so editors can complete them.
+    """
+    schema = ConfigFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "bnn config"
+    from bnn_cli.builder import layer_json_schema  # imports TF; only `bnn schema` needs it
+
+    defs = schema.setdefault("$defs", {})
+    defs["LayerSpec"] = layer_json_schema()
+    for name in ("ModelConfig", "BlockDef"):
+        defs[name]["properties"]["layers"]["items"] = {"$ref": "#/$defs/LayerSpec"}
+    return schema
+
+
+def ensure_valid(problems: list[Problem]) -> None:
+    if problems:
+        raise ConfigError(problems)
