@@ -70,8 +70,10 @@ def load_plugins(config: Config, extra: Iterable[str] = ()) -> None:
     ensure_valid(problems)
 
 
-def import_plugin(plugin: str, base: Path = Path.cwd()) -> None:
-    """Import ``plugin``: a ``.py`` file (relative to ``base``) or a module name."""
+def import_plugin(plugin: str, base: Path | None = None) -> None:
+    """Import ``plugin``: a ``.py`` file (relative to ``base``, default the working
+    folder) or a module name."""
+    base = base or Path.cwd()
     if plugin.endswith(".py") or "/" in plugin:
         path = (base / plugin).resolve()
         if not path.is_file():

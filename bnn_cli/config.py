@@ -185,8 +185,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def validate(doc: Document, path: Path | None = None) -> Config:
     if not isinstance(doc.data, dict):
-        raise ConfigError([Problem((), "a config must be a mapping with at least a `model:` "
-                                   "section", doc.locate(()))])
+        message = "a config must be a mapping with at least a `model:` section"
+        raise ConfigError([Problem((), message, doc.locate(()))])
     try:
         spec = ConfigFile.model_validate(doc.data)
     except ValidationError as exc:
@@ -221,9 +221,9 @@ def _data_path(data: Any, loc: tuple) -> PathKey:
     path: list[str | int] = []
     node = data
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_dict or in_list:
             node = node[part]
         elif i == len(loc) - 1 and isinstance(node, dict):
             pass  # a missing or unknown key: keep it as the last part

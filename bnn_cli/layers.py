@@ -139,7 +139,7 @@ class PadValuesMixin:
         """[before, after] per spatial axis that makes "valid" behave like "same"."""
         pads = []
         for size, k, s, d in zip(spatial_shape, self.kernel_size, self.strides,
-                                 self.dilation_rate):
+                                 self.dilation_rate, strict=False):
             effective = (k - 1) * d + 1
             out = (size + s - 1) // s
             total = tf.maximum((out - 1) * s + effective - size, 0)
@@ -162,7 +162,7 @@ class PadValuesMixin:
             [s if s is not None else 0 for s in self._spatial(shape)]))
         padded_shape = [
             None if dim is None else dim + int(before) + int(after)
-            for dim, (before, after) in zip(shape, padded)
+            for dim, (before, after) in zip(shape, padded, strict=False)
         ]
         with _swapped(self, "padding", "valid"):
             super().build(tf.TensorShape(padded_shape))

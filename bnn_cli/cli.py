@@ -1,0 +1,207 @@
+"""The ``bnn`` command line: a thin shell over functions the tests call directly.
+
+Exit codes: 0 success, 2 anything the user can fix (config, arguments, missing files),
+1 a failure of the run itself, 130/143 interrupted by SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bnn_cli.errors import UserError
+
+app = typer.Typer(
+    name="bnn",
+    help="Train Binarized Neural Networks (and other quantized networks) from YAML configs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="KEY.PATH=VALUE overrides, e.g. training.epochs=3 "
+                        "model.layers[0].filters=32 (values are YAML).",
+                   show_default=False),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+Plugins = Annotated[
+    list[str] | None,
+    typer.Option("--plugin", help="Python file or module to import first (registers custom "
+                                  "quantizers/layers). Repeatable.", show_default=False),
+]
+DataDir = Annotated[
+    str | None,
+    typer.Option("--data-dir", help="TFDS data_dir (else the config's data.data_dir, else "
+                                    "$TFDS_DATA_DIR, else TFDS's default).", show_default=False),
+]
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _import_plugins(plugins: list[str] | None) -> None:
+    from bnn_cli.builder import import_plugin
+
+    for plugin in plugins or []:
+        import_plugin(plugin)
+
+
+@app.command("list-quantizers")
+def list_quantizers(json_: JsonFlag = False, plugin: Plugins = None,
+                    config: Annotated[Path | None, typer.Option(
+                        help="Also load the plugins this config names.")] = None) -> None:
+    """List every registered quantizer: aliases, precision, parameters, summary."""
+    _list_components("quantizer", json_, plugin, config)
+
+
+@app.command("list-layers")
+def list_layers(json_: JsonFlag = False, plugin: Plugins = None,
+                config: Annotated[Path | None, typer.Option(
+                    help="Also load the plugins this config names.")] = None) -> None:
+    """List every layer type a config can name (bnn_cli, Keras and registered ones)."""
+    _list_components("layer", json_, plugin, config)
+
+
+def _list_components(kind: str, json_: bool, plugins: list[str] | None,
+                     config: Path | None) -> None:
+    from bnn_cli import catalog
+
+    _import_plugins(plugins)
+    if config is not None:
+        from bnn_cli.builder import load_plugins
+        from bnn_cli.config import load_config
+
+        load_plugins(load_config(config))
+    entries = catalog.entries(kind)
+    if json_:
+        _echo_json([e.as_dict() for e in entries])
+    else:
+        catalog.print_table(kind, entries)
+
+
+@app.command()
+def check(
+    config: Annotated[Path, typer.Argument(help="The YAML config file.")],
+    overrides: Overrides = None,
+    json_: JsonFlag = False,
+    plugin: Plugins = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Validate a config, build its model and print the summary (no training)."""
+    from bnn_cli.checking import check_config
+
+    report = check_config(config, overrides or [], plugins=plugin or [], data_dir=data_dir)
+    if json_:
+        _echo_json(report.as_dict())
+    else:
+        report.print()
+
+
+@app.command()
+def schema(output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write to this file instead of stdout.")] = None) -> None:
+    """Print the JSON Schema of config files (for editors' YAML completion)."""
+    from bnn_cli.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if output is None:
+        typer.echo(text)
+    else:
+        from bnn_cli.runs import atomic_write_text
+
+        atomic_write_text(output, text + "\n")
+        typer.echo(f"wrote {output}", err=True)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="The YAML config file.")],
+    overrides: Overrides = None,
+    output: Annotated[Path, typer.Option(help="Folder that holds the run directories.")] =
+    Path("runs"),
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue this interrupted run directory from its last checkpoint.")] = None,
+    data_dir: DataDir = None,
+    plugin: Plugins = None,
+) -> None:
+    """Train the model a config describes; writes a run directory."""
+    from bnn_cli.training import resume_run, train_from_config
+
+    if resume is not None:
+        result = resume_run(resume, data_dir=data_dir)
+    else:
+        result = train_from_config(config, overrides or [], output_root=output,
+                                   data_dir=data_dir, plugins=plugin or [])
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("eval")
+def evaluate(
+    target: Annotated[Path, typer.Argument(
+        help="A run directory, a checkpoint file it wrote, or a saved model file.")],
+    split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the "
+                                                   "config's test split).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] =
+    "best",
+    data_dir: DataDir = None,
+    json_: JsonFlag = False,
+    config: Annotated[Path | None, typer.Option(
+        help="Config describing the data, for a model file outside a run.")] = None,
+) -> None:
+    """Evaluate a trained model on a dataset split and print its metrics."""
+    from bnn_cli.evaluation import evaluate_target
+
+    report = evaluate_target(target, split=split, checkpoint=checkpoint, data_dir=data_dir,
+                             config=config)
+    if json_:
+        _echo_json(report.as_dict())
+    else:
+        report.print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors -> one paragraph + exit 2, never a traceback."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError):
+            exc.show()
+            return 2
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if os.environ.get("BNN_DEBUG"):
+            raise
+        typer.echo(f"error: the run failed: {type(exc).__name__}: {exc}\n"
+                   "(set BNN_DEBUG=1 to see the traceback)", err=True)
+        return 1
+    return code if isinstance(code, int) else 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

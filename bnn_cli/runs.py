@@ -1,0 +1,320 @@
+"""The run directory: everything one training run writes, written so nothing is lost.
+
+Layout of ``runs/<name>-<timestamp>/``::
+
+    config.yaml            the config as given (byte for byte)
+    config.resolved.yaml   after overrides and defaults: what actually ran
+    overrides.json         the KEY=VALUE overrides given on the command line
+    summary.txt/.json      the model summary (parameters and MACs by precision)
+    checkpoints/
+      epoch-0003/          one immutable folder per checkpoint: ckpt.* (weights and
+                           optimizer), state.json (epoch, history, best, early stopping),
+                           manifest.json (sha256 of every file; written last = complete)
+      last.json, best.json pointers to the latest and the best checkpoint folder
+    metrics.csv / .jsonl   one row per epoch (rewritten whole from the state each epoch)
+    tensorboard/           TensorBoard logs
+    model.keras            the final model
+    run.json               status (running/completed/interrupted/failed), metrics, time
+
+Every file is written atomically (temporary file, flush, fsync, rename), and a pointer
+moves to a new checkpoint only after that checkpoint is complete; older checkpoint
+folders are deleted only after that, so a kill at any instant leaves a readable run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bnn_cli.errors import UserError
+
+RUN_FILE = "run.json"
+CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
+STATE = "state.json"
+
+
+# ---------------------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets us open a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _write_error(path, exc) from None
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+                      + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    return str(obj)
+
+
+def _write_error(path: Path, exc: OSError) -> UserError:
+    reason = "the disk is full" if exc.errno == 28 else exc.strerror or str(exc)
+    return UserError(f"cannot write {path}: {reason}. Free space or choose another output "
+                     "folder with --output; files already written are left as they were")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptError(path, f"not valid JSON ({exc})") from None
+
+
+class CorruptError(UserError):
+    """A file of a run that is truncated or corrupted."""
+
+    def __init__(self, path: Path, why: str):
+        self.path = path
+        super().__init__(f"{path} is corrupted: {why}")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# Run directory
+# ---------------------------------------------------------------------------------------
+
+
+def safe_name(name: str) -> str:
+    """A run name usable as one folder name: no separators, no '..', no hidden files."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip(".-") or "run"
+    return cleaned[:80]
+
+
+@dataclass
+class Checkpoint:
+    """One complete checkpoint folder and its training state."""
+
+    path: Path
+    state: dict[str, Any]
+
+    @property
+    def prefix(self) -> str:
+        return str(self.path / "ckpt")
+
+
+class RunDir:
+    """A run directory and the operations on it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- creation ------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, root: str | Path, name: str) -> RunDir:
+        """A new, empty run directory ``root/<name>-<timestamp>`` (never an existing one)."""
+        root = Path(root)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = f"{safe_name(name)}-{stamp}"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for i in range(1000):
+                candidate = root / (base if i == 0 else f"{base}-{i}")
+                try:
+                    candidate.mkdir()
+                except FileExistsError:
+                    continue
+                return cls(candidate)
+        except OSError as exc:
+            raise UserError(f"cannot create a run directory in {root}: "
+                            f"{exc.strerror or exc}; choose another folder with --output") \
+                from None
+        raise UserError(f"too many runs named {base!r} in {root}")
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        run = cls(path)
+        if not (run.path / RUN_FILE).is_file() and not (run.path / "config.yaml").is_file():
+            raise UserError(f"{run.path} is not a run directory (no {RUN_FILE}); give the "
+                            "folder that `bnn train` created, e.g. runs/quickstart-2026...")
+        return run
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # -- status --------------------------------------------------------------------------
+
+    def read_status(self) -> dict[str, Any]:
+        path = self.file(RUN_FILE)
+        return read_json(path) if path.exists() else {}
+
+    def write_status(self, **fields: Any) -> dict[str, Any]:
+        status = {**self.read_status_safely(), **fields}
+        atomic_write_json(self.file(RUN_FILE), status)
+        return status
+
+    def read_status_safely(self) -> dict[str, Any]:
+        try:
+            return self.read_status()
+        except UserError:
+            return {}
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv and metrics.jsonl from the full history (one row an epoch)."""
+        atomic_write_text(self.file("metrics.jsonl"),
+                          "".join(json.dumps(row, default=_json_default) + "\n"
+                                  for row in history))
+        columns: list[str] = []
+        for row in history:
+            columns += [k for k in row if k not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self.file("metrics.csv"), buffer.getvalue())
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @contextlib.contextmanager
+    def new_checkpoint(self, epoch: int) -> Iterator[Path]:
+        """A temporary folder to fill; on success it becomes ``epoch-NNNN`` atomically."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=self.checkpoints))
+        try:
+            yield tmp
+            manifest = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            atomic_write_json(tmp / MANIFEST, manifest)
+            final = self.checkpoints / f"epoch-{epoch:04d}"
+            if final.exists():  # a retry of the same epoch after a crash: replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.checkpoints)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _write_error(self.checkpoints, exc) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def point(self, which: str, epoch: int) -> None:
+        """Point ``last``/``best`` at a complete checkpoint folder."""
+        atomic_write_json(self.checkpoints / f"{which}.json", {"checkpoint": f"epoch-{epoch:04d}"})
+
+    def prune(self) -> None:
+        """Delete checkpoint folders no pointer refers to (and leftovers of crashes)."""
+        keep = {self._pointer(w) for w in ("last", "best")} - {None}
+        for child in self.checkpoints.iterdir():
+            if child.is_dir() and child.name not in keep:
+                shutil.rmtree(child, ignore_errors=True)
+
+    def _pointer(self, which: str) -> str | None:
+        try:
+            return read_json(self.checkpoints / f"{which}.json")["checkpoint"]
+        except (UserError, KeyError, TypeError):
+            return None
+
+    def verify(self, folder: Path) -> Checkpoint:
+        """Check a checkpoint folder against its manifest; raise CorruptError naming the file."""
+        manifest_path = folder / MANIFEST
+        if not manifest_path.is_file():
+            raise CorruptError(folder, "incomplete checkpoint (no manifest)")
+        manifest = read_json(manifest_path)
+        for name, digest in manifest.items():
+            file = folder / name
+            if not file.is_file():
+                raise CorruptError(file, "file missing")
+            if sha256_file(file) != digest:
+                raise CorruptError(file, "checksum mismatch (truncated or modified)")
+        return Checkpoint(folder, read_json(folder / STATE))
+
+    def load_checkpoint(self, which: str = "last", *, warn=print) -> Checkpoint:
+        """The ``last``/``best`` checkpoint; a corrupt one falls back to the newest good one."""
+        if not self.checkpoints.is_dir():
+            raise UserError(f"{self.path} has no checkpoints yet; start the run again "
+                            "instead of resuming it")
+        pointed = self._pointer(which)
+        candidates = sorted((p for p in self.checkpoints.glob("epoch-*") if p.is_dir()),
+                            reverse=True)
+        if pointed:
+            candidates.sort(key=lambda p: p.name != pointed)  # the pointed one first
+        errors = []
+        for folder in candidates:
+            try:
+                checkpoint = self.verify(folder)
+            except UserError as exc:
+                errors.append(str(exc))
+                warn(f"warning: {exc}; trying an earlier checkpoint")
+                continue
+            return checkpoint
+        raise UserError(f"{self.path} has no readable checkpoint"
+                        + (": " + "; ".join(errors) if errors else ""))
+
+    def resolve_checkpoint(self, target: Path) -> Checkpoint:
+        """A checkpoint folder, or any file inside one, or a pointer file -> checkpoint."""
+        target = Path(target)
+        if target.name in ("last.json", "best.json"):
+            return self.load_checkpoint(target.stem)
+        folder = target if target.is_dir() else target.parent
+        return self.verify(folder)
+
+
+def find_run_dir(target: Path) -> RunDir | None:
+    """The run directory that contains ``target`` (itself, or a file/checkpoint in it)."""
+    for candidate in [target, *target.parents][:4]:
+        if (candidate / RUN_FILE).is_file():
+            return RunDir(candidate)
+    return None

@@ -1,0 +1,504 @@
+"""Training: a validated config -> model + data -> epochs -> the run directory.
+
+The loop runs one ``model.fit`` per epoch so that each epoch's data order depends only
+on ``(seed, epoch)``: a run resumed from a checkpoint sees exactly the batches an
+uninterrupted run would have seen. After each epoch the checkpoint (weights, optimizer
+and the loop's own state: history, best value, early-stopping wait) is written
+atomically, then the pointers, then the metrics files, then ``run.json``.
+
+SIGINT/SIGTERM let the current step finish, save a checkpoint, mark the run
+interrupted and exit with 130/143. A non-finite loss stops the run, keeps the last good
+checkpoint and marks the run failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bnn_cli import data as datamod
+from bnn_cli._keras import keras, tf
+from bnn_cli.builder import build_model
+from bnn_cli.config import Config, Schedule, TrainingConfig, load_config
+from bnn_cli.errors import UserError
+from bnn_cli.registry import REGISTRY
+from bnn_cli.runs import RunDir, atomic_write_json, atomic_write_text
+
+EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str
+    exit_code: int
+    history: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------------------------------
+# Learning rate and optimizers
+# ---------------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable("bnn_cli")
+class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A :class:`~bnn_cli.config.Schedule` (written in epochs) evaluated per step.
+
+    Warm-up rises linearly from ``initial / warmup_steps`` to ``initial``; then:
+    constant; exponential ``initial * decay_rate^(t / decay_epochs)``; piecewise
+    constant over epoch ``boundaries``; cosine from ``initial`` to ``alpha * initial``
+    over the remaining epochs (``t`` in epochs after warm-up).
+    """
+
+    def __init__(self, schedule: dict[str, Any], steps_per_epoch: int, total_epochs: int):
+        self.schedule = dict(schedule)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.total_epochs = int(total_epochs)
+
+    def __call__(self, step):
+        s = Schedule(**self.schedule)
+        step = tf.cast(step, tf.float32)
+        spe = float(max(self.steps_per_epoch, 1))
+        warmup = s.warmup_epochs * spe
+        t = tf.maximum(step - warmup, 0.0) / spe  # epochs after warm-up
+        if s.type == "exponential":
+            lr = s.initial * tf.pow(s.decay_rate, t / s.decay_epochs)
+        elif s.type == "piecewise":
+            values = s.values or [s.initial]
+            lr = tf.constant(values[-1], tf.float32)
+            for boundary, value in reversed(list(zip(s.boundaries, values, strict=False))):
+                lr = tf.where(step / spe < boundary, value, lr)
+        elif s.type == "cosine":
+            span = max(self.total_epochs - s.warmup_epochs, 1e-9)
+            cosine = 0.5 * (1 + tf.cos(math.pi * tf.minimum(t / span, 1.0)))
+            lr = s.initial * (s.alpha + (1 - s.alpha) * cosine)
+        else:
+            lr = tf.constant(s.initial, tf.float32)
+        if warmup > 0:
+            lr = tf.where(step < warmup, s.initial * (step + 1) / warmup, lr)
+        return lr
+
+    def get_config(self):
+        return {"schedule": self.schedule, "steps_per_epoch": self.steps_per_epoch,
+                "total_epochs": self.total_epochs}
+
+
+def learning_rate(training: TrainingConfig, steps_per_epoch: int) -> Any:
+    if isinstance(training.learning_rate, float | int):
+        return float(training.learning_rate)
+    return EpochSchedule(training.learning_rate.model_dump(), steps_per_epoch,
+                         training.epochs)
+
+
+def _make_optimizer(spec: dict[str, Any], lr: Any, *, legacy: bool) -> Any:
+    kind = spec.get("type", "Adam")
+    args = {k: v for k, v in spec.items() if k != "type"}
+    entry = REGISTRY.find("optimizer", kind)
+    if entry is not None:  # Bop and other bnn_cli optimizers
+        return entry.obj(**args)
+    if "learning_rate" not in args:
+        args["learning_rate"] = lr
+    module = keras.optimizers.legacy if legacy else keras.optimizers
+    cls = getattr(module, kind, None)
+    if not isinstance(cls, type):
+        known = sorted(n for n in dir(keras.optimizers.legacy) if n[0].isupper()
+                       and n != "Optimizer") + REGISTRY.names("optimizer") + ["case"]
+        from bnn_cli.errors import did_you_mean
+
+        raise UserError(f"training.optimizer: unknown optimizer {kind!r}"
+                        f"{did_you_mean(kind, known)}")
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"training.optimizer: {kind}: {exc}") from None
+
+
+def make_optimizer(training: TrainingConfig, steps_per_epoch: int) -> Any:
+    """The optimizer a config asks for; ``type: case`` pairs one for binary weights
+    (``binary:``, e.g. Bop) with one for everything else (``default:``)."""
+    import bnn_cli.optimizers as bopt  # registers Bop & CaseOptimizer
+
+    lr = learning_rate(training, steps_per_epoch)
+    spec = {"type": training.optimizer.type, **training.optimizer.args}
+    if spec["type"].lower() != "case":
+        return _make_optimizer(spec, lr, legacy=False)
+    binary = spec.get("binary", {"type": "Bop"})
+    default = spec.get("default", {"type": "Adam"})
+    return bopt.CaseOptimizer(
+        (bopt.Bop.is_binary_variable, _make_optimizer(binary, lr, legacy=True)),
+        default_optimizer=_make_optimizer(default, lr, legacy=True),
+    )
+
+
+def current_lr(optimizer: Any) -> float | None:
+    opt = getattr(optimizer, "default_optimizer", None) or optimizer
+    lr = getattr(opt, "learning_rate", None) or getattr(opt, "lr", None)
+    if lr is None:
+        return None
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        lr = lr(opt.iterations)
+    with contextlib.suppress(Exception):
+        return float(keras.backend.get_value(lr))
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Callbacks used inside one epoch
+# ---------------------------------------------------------------------------------------
+
+
+class _Guard(keras.callbacks.Callback):
+    """Stops at the end of the current step on a signal or a non-finite loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signal: int | None = None
+        self.bad_loss: float | None = None
+        self.bad_step: int | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad_loss, self.bad_step = float(loss), batch
+            self.model.stop_training = True
+        if self.signal is not None:
+            self.model.stop_training = True
+
+
+class _Progress(keras.callbacks.Callback):
+    """A progress bar per epoch, then one line with the epoch's metrics."""
+
+    def __init__(self, epochs: int, steps: int | None, stream=sys.stderr):
+        super().__init__()
+        self.epochs, self.steps, self.stream = epochs, steps, stream
+        self.bar: keras.utils.Progbar | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.stream.write(f"epoch {epoch + 1}/{self.epochs}\n")
+        self.bar = keras.utils.Progbar(self.steps, verbose=1 if self.stream.isatty() else 0,
+                                       stateful_metrics=None)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(batch + 1, [(k, v) for k, v in (logs or {}).items()])
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    parts = []
+    for key, value in row.items():
+        if key == "epoch":
+            continue
+        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return "  " + "  ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# Signals
+# ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _signals_to(guard: _Guard) -> Iterator[None]:
+    """SIGINT/SIGTERM set a flag; the loop stops cleanly at the end of the step."""
+
+    def handler(signum, frame):
+        if guard.signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        guard.signal = signum
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: finishing the current step and "
+                         "saving a checkpoint (send again to stop at once)\n")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopState:
+    """What the loop needs to continue exactly where it stopped (saved in checkpoints)."""
+
+    epoch: int = 0  # completed epochs
+    history: list[dict[str, Any]] | None = None
+    best_value: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0  # epochs without improvement, for early stopping
+    wall_time: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "history": self.history or [],
+                "best_value": self.best_value, "best_epoch": self.best_epoch,
+                "wait": self.wait, "wall_time": self.wall_time}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoopState:
+        return cls(epoch=int(d["epoch"]), history=list(d.get("history") or []),
+                   best_value=d.get("best_value"), best_epoch=d.get("best_epoch"),
+                   wait=int(d.get("wait", 0)), wall_time=float(d.get("wall_time", 0.0)))
+
+
+def monitor_mode(training: TrainingConfig, monitor: str) -> str:
+    if training.monitor_mode != "auto":
+        return training.monitor_mode
+    return "min" if "loss" in monitor or "error" in monitor else "max"
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+@dataclass
+class Job:
+    """Everything one training run works with."""
+
+    config: Config
+    run: RunDir
+    model: keras.Model
+    data_dir: str | None
+    steps_per_epoch: int
+    checkpoint: tf.train.Checkpoint
+
+
+def _seed_for(seed: int | None, epoch: int) -> int | None:
+    return None if seed is None else seed * 1_000_003 + epoch
+
+
+def _compile(config: Config, model: keras.Model, steps: int) -> None:
+    training = config.spec.training
+    model.compile(optimizer=make_optimizer(training, steps), loss=training.loss,
+                  metrics=list(training.metrics))
+
+
+def prepare(config: Config, run: RunDir, data_dir: str | None) -> Job:
+    """Build model, optimizer and data facts for a config (new run or resume)."""
+    training = config.spec.training
+    data_dir = datamod.resolve_data_dir(config.spec.data.data_dir, data_dir)
+    info = datamod.dataset_info(config.spec.data, data_dir)
+    if training.seed is not None:
+        keras.utils.set_random_seed(training.seed)
+    if training.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    model = build_model(config, input_shape=info.input_shape)
+    train_size = info.split_size(config.spec.data.train_split)
+    steps = max(1, math.ceil(train_size / training.batch_size))
+    if training.steps_per_epoch:
+        steps = min(steps, training.steps_per_epoch)
+    _compile(config, model, steps)
+    # Create the optimizer's slots now, so a checkpoint restores into them.
+    model.optimizer.build(model.trainable_variables) if hasattr(model.optimizer, "build") \
+        else None
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    return Job(config, run, model, data_dir, steps, checkpoint)
+
+
+def _epoch(job: Job, epoch: int, callbacks: list) -> dict[str, Any]:
+    spec = job.config.spec
+    training = spec.training
+    keras.utils.set_random_seed(_seed_for(training.seed, epoch) or 0) \
+        if training.seed is not None else None
+    train = datamod.load_split(spec.data, spec.data.train_split, training=True,
+                               batch_size=training.batch_size,
+                               seed=_seed_for(training.seed, epoch), data_dir=job.data_dir)
+    val = None
+    if spec.data.validation_split:
+        val = datamod.load_split(spec.data, spec.data.validation_split, training=False,
+                                 batch_size=training.batch_size, seed=None,
+                                 data_dir=job.data_dir)
+    start = time.perf_counter()
+    history = job.model.fit(train, validation_data=val, initial_epoch=epoch, epochs=epoch + 1,
+                            steps_per_epoch=training.steps_per_epoch, verbose=0,
+                            callbacks=callbacks)
+    logs = {k: float(v[-1]) for k, v in history.history.items() if v}
+    row = {"epoch": epoch + 1, **logs, "learning_rate": current_lr(job.model.optimizer),
+           "seconds": round(time.perf_counter() - start, 3)}
+    return row
+
+
+def _save_checkpoint(job: Job, state: LoopState, improved: bool) -> None:
+    run = job.run
+    with run.new_checkpoint(state.epoch) as folder:
+        job.checkpoint.write(str(folder / "ckpt"))
+        atomic_write_json(folder / "state.json", state.as_dict())
+    run.point("last", state.epoch)
+    if improved:
+        run.point("best", state.epoch)
+    run.prune()
+    run.write_metrics(state.history or [])
+
+
+def run_loop(job: Job, state: LoopState) -> TrainResult:
+    """Train from ``state`` to the configured number of epochs (or early stop)."""
+    training = job.config.spec.training
+    run = job.run
+    monitor = training.monitor
+    mode = monitor_mode(training, monitor)
+    stop = training.early_stopping
+    guard = _Guard()
+    tensorboard = keras.callbacks.TensorBoard(str(run.file("tensorboard")), write_graph=False,
+                                              profile_batch=0)
+    callbacks = [guard, _Progress(training.epochs, job.steps_per_epoch), tensorboard]
+    state.history = state.history or []
+    run.write_status(status="running", epochs=training.epochs)
+    started = time.perf_counter() - state.wall_time
+    with _signals_to(guard):
+        while state.epoch < training.epochs:
+            row = _epoch(job, state.epoch, callbacks)
+            if guard.bad_loss is not None:
+                return _fail_nan(job, state, guard)
+            if guard.signal is not None and guard.bad_loss is None:
+                return _interrupted(job, state, guard)
+            state.epoch += 1
+            state.history.append(row)
+            value = row.get(monitor)
+            if value is None:
+                raise UserError(f"training.monitor: metric {monitor!r} is not logged; logged "
+                                f"metrics: {', '.join(k for k in row if k != 'epoch')}")
+            improved = _improved(value, state.best_value, mode,
+                                 stop.min_delta if stop else 0.0)
+            if improved:
+                state.best_value, state.best_epoch, state.wait = value, state.epoch, 0
+            else:
+                state.wait += 1
+            state.wall_time = time.perf_counter() - started
+            _save_checkpoint(job, state, improved)
+            sys.stderr.write(_format_row(row) + ("  (best)" if improved else "") + "\n")
+            run.write_status(status="running", epochs_done=state.epoch,
+                             best={monitor: state.best_value, "epoch": state.best_epoch},
+                             final=row, wall_time=round(state.wall_time, 2))
+            if stop and state.wait > stop.patience:
+                sys.stderr.write(f"early stopping: {monitor} has not improved for "
+                                 f"{state.wait} epochs\n")
+                break
+    return _finish(job, state)
+
+
+def _finish(job: Job, state: LoopState) -> TrainResult:
+    run = job.run
+    tmp = run.file(".model.incomplete.keras")
+    job.model.save(tmp)
+    tmp.replace(run.file("model.keras"))
+    final = state.history[-1] if state.history else {}
+    run.write_status(status="completed", epochs_done=state.epoch, final=final,
+                     best={job.config.spec.training.monitor: state.best_value,
+                           "epoch": state.best_epoch},
+                     wall_time=round(state.wall_time, 2))
+    sys.stderr.write(f"done: {run.path}\n")
+    return TrainResult(run.path, "completed", EXIT_OK, state.history or [])
+
+
+def _interrupted(job: Job, state: LoopState, guard: _Guard) -> TrainResult:
+    # The epoch was cut short: its partial progress is dropped, the last complete
+    # checkpoint stays, and the resumed run repeats this epoch from its start.
+    code = EXIT_SIGINT if guard.signal == signal.SIGINT else EXIT_SIGTERM
+    job.run.write_status(status="interrupted", epochs_done=state.epoch)
+    sys.stderr.write(f"interrupted after {state.epoch} complete epoch(s); resume with:\n"
+                     f"  bnn train {job.run.path / 'config.yaml'} --resume {job.run.path}\n")
+    return TrainResult(job.run.path, "interrupted", code, state.history or [])
+
+
+def _fail_nan(job: Job, state: LoopState, guard: _Guard) -> TrainResult:
+    job.run.write_status(status="failed", epochs_done=state.epoch,
+                         error=f"non-finite loss {guard.bad_loss} at epoch {state.epoch + 1}, "
+                               f"step {guard.bad_step}")
+    sys.stderr.write(f"error: the loss became {guard.bad_loss} at epoch {state.epoch + 1}, "
+                     f"step {guard.bad_step}; the run is marked failed and its last good "
+                     "checkpoint is kept. Try a lower learning rate.\n")
+    return TrainResult(job.run.path, "failed", EXIT_FAILED, state.history or [])
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------
+
+
+def _write_run_files(run: RunDir, config: Config, overrides: list[str], model: keras.Model,
+                     plugins: list[str]) -> None:
+    from bnn_cli.models import summary, summary_data
+
+    original = config.path.read_text(encoding="utf-8") if config.path else ""
+    atomic_write_text(run.file("config.yaml"), original)
+    resolved = config.spec.model_dump(mode="json")
+    resolved["name"] = config.name
+    atomic_write_text(run.file("config.resolved.yaml"),
+                      yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write_json(run.file("overrides.json"), {"overrides": overrides, "plugins": plugins})
+    lines: list[str] = []
+    summary(model, print_fn=lines.append)
+    atomic_write_text(run.file("summary.txt"), "\n".join(lines) + "\n")
+    atomic_write_json(run.file("summary.json"), summary_data(model).as_dict())
+
+
+def train_from_config(config_path: str | Path, overrides: list[str], *,
+                      output_root: str | Path = "runs", data_dir: str | None = None,
+                      plugins: list[str] | None = None) -> TrainResult:
+    """``bnn train CONFIG``: validate, build, create a run directory and train."""
+    plugins = list(plugins or [])
+    config = load_config(config_path, overrides)
+    from bnn_cli.builder import load_plugins
+
+    load_plugins(config, plugins)
+    # Validate model and data before anything is written.
+    probe = RunDir(Path(output_root))
+    job = prepare(config, probe, data_dir)
+    run = RunDir.create(output_root, config.name)
+    job.run = run
+    run.write_status(status="starting", name=config.name,
+                     config_path=str(Path(config_path).resolve()),
+                     started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    _write_run_files(run, config, overrides, job.model, plugins)
+    sys.stderr.write(f"run directory: {run.path}\n")
+    return run_loop(job, LoopState())
+
+
+def load_run_config(run: RunDir) -> tuple[Config, list[str]]:
+    """The config a run was started with (plus its overrides), relative paths intact."""
+    extras = json.loads(run.file("overrides.json").read_text()) \
+        if run.file("overrides.json").is_file() else {}
+    overrides = list(extras.get("overrides", []))
+    config = load_config(run.file("config.yaml"), overrides)
+    source = run.read_status_safely().get("config_path")
+    if source:  # plugins are relative to the original config's folder
+        config.path = Path(source)
+    from bnn_cli.builder import load_plugins
+
+    load_plugins(config, extras.get("plugins", []))
+    return config, overrides
+
+
+def resume_run(run_path: str | Path, *, data_dir: str | None = None) -> TrainResult:
+    """``bnn train --resume RUN_DIR``: continue from the last good checkpoint."""
+    run = RunDir.open(run_path)
+    status = run.read_status_safely()
+    if status.get("status") == "completed":
+        raise UserError(f"{run.path} already completed; nothing to resume")
+    config, _ = load_run_config(run)
+    job = prepare(config, run, data_dir)
+    if any(run.checkpoints.glob("epoch-*")):
+        checkpoint = run.load_checkpoint("last", warn=lambda m: sys.stderr.write(m + "\n"))
+        job.checkpoint.read(checkpoint.prefix).assert_existing_objects_matched()
+        state = LoopState.from_dict(checkpoint.state)
+    else:  # stopped before the first epoch ended: start over in the same folder
+        state = LoopState()
+    run.write_metrics(state.history or [])  # drop rows of epochs after the checkpoint
+    sys.stderr.write(f"resuming {run.path} after epoch {state.epoch}\n")
+    return run_loop(job, state)
+
