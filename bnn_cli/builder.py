@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bnn_cli import layers as qlayers  # noqa: F401  (registers the quantized layers)
-from bnn_cli import quantizers
+from bnn_cli import catalog, quantizers
 from bnn_cli._keras import keras
 from bnn_cli.config import Config, ConfigError, Problem, ensure_valid
 from bnn_cli.errors import UserError, did_you_mean
@@ -442,6 +442,42 @@ def _cycles(config: Config, nodes: list[Node]) -> list[Problem]:
     return problems
 
 
+def load_checked_config(path: str | Path, overrides: list[str] | None = None,
+                        plugins: Iterable[str] = ()) -> Config:
+    """Load a config and check its model against the registry, reporting every problem
+    in the file at once (schema problems elsewhere do not hide the model's)."""
+    from bnn_cli.config import ConfigFile, ModelConfig, load_config
+
+    catalog.load_builtins()
+    try:
+        config = load_config(path, overrides)
+    except ConfigError as exc:
+        problems = list(exc.problems)
+        raw = exc.document.data if exc.document is not None else None
+        model_raw = raw.get("model") if isinstance(raw, dict) else None
+        try:
+            model = ModelConfig.model_validate(model_raw)
+        except Exception:  # the model section itself is reported already
+            raise exc from None
+        partial = Config(ConfigFile.model_construct(model=model, plugins=[]), exc.document,
+                         Path(path))
+        try:
+            _static_checks(partial)
+        except ConfigError as more:
+            problems += more.problems
+        raise ConfigError(problems, exc.document) from None
+    load_plugins(config, plugins)
+    _static_checks(config)
+    return config
+
+
+def _static_checks(config: Config) -> None:
+    shapes = [s.name for s in config.spec.model.inputs] if config.spec.model.inputs else \
+        ["input"]
+    nodes, outputs = expand(config, shapes)
+    check_nodes(config, nodes, outputs, shapes)
+
+
 # ---------------------------------------------------------------------------------------
 # 3. Building
 # ---------------------------------------------------------------------------------------
@@ -484,6 +520,7 @@ def build_model(config: Config, input_shape: Iterable[int | None] | None = None,
                 *, plugins: Iterable[str] = ()) -> keras.Model:
     """Build the Keras model described by ``config`` (input shape from the data if the
     model section does not give one)."""
+    catalog.load_builtins()  # every built-in component is registered before checking
     load_plugins(config, plugins)
     input_specs = config.spec.model.inputs
     if input_specs is None:

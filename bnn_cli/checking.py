@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnn_cli.config import Config, load_config
+from bnn_cli.config import Config
 
 
 @dataclass
@@ -27,11 +27,10 @@ class CheckReport:
 def check_config(path: str | Path, overrides: list[str], *, plugins: list[str] | None = None,
                  data_dir: str | None = None) -> CheckReport:
     """Validate ``path`` (with overrides), build the model, summarize it."""
-    config = load_config(path, overrides)
-    from bnn_cli.builder import build_model, load_plugins
+    from bnn_cli.builder import build_model, load_checked_config
     from bnn_cli.models import summary, summary_data
 
-    load_plugins(config, plugins or [])
+    config = load_checked_config(path, overrides, plugins or [])
     input_shape = None
     if config.spec.model.inputs is None:
         from bnn_cli import data

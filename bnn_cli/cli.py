@@ -167,6 +167,15 @@ def evaluate(
         report.print()
 
 
+def _click_exceptions():
+    """Click's exception classes (recent Typer releases vendor Click)."""
+    try:
+        import click.exceptions as errors
+    except ImportError:
+        import typer._click.exceptions as errors
+    return errors
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors -> one paragraph + exit 2, never a traceback."""
     try:
@@ -183,12 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("interrupted", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence for users
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
+        click_errors = _click_exceptions()
+        if isinstance(exc, click_errors.UsageError):
             exc.show()
             return 2
-        if isinstance(exc, click.exceptions.ClickException):
+        if isinstance(exc, click_errors.ClickException):
             exc.show()
             return exc.exit_code
         if os.environ.get("BNN_DEBUG"):

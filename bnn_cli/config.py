@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bnn_cli.config_data_draft import DataConfig
 from bnn_cli.errors import UserError, did_you_mean
 from bnn_cli.yaml_source import Document, Location, PathKey, apply_overrides, format_path
 from bnn_cli.yaml_source import load_yaml as _load_yaml
@@ -44,6 +43,84 @@ class Component(BaseModel):
     @property
     def args(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+# --- data section ----------------------------------------------------------------
+
+
+class Rescale(Strict):
+    """Map pixel values linearly from [0, max_value] to ``range`` (default [-1, 1])."""
+
+    type: Literal["rescale"] = "rescale"
+    max_value: float = Field(default=255.0, gt=0)
+    range: tuple[float, float] = (-1.0, 1.0)
+
+
+class Resize(Strict):
+    """Resize every image to height x width (``tf.image.resize``; the methods it knows)."""
+
+    type: Literal["resize"] = "resize"
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    method: Literal[
+        "bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian",
+        "mitchellcubic",
+    ] = "bilinear"
+
+
+class Normalize(Strict):
+    """(x - mean) / std, per channel (after any rescale)."""
+
+    type: Literal["normalize"] = "normalize"
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_value_per_channel(self) -> Normalize:
+        # One value for all channels, or one per channel: the lists must pair up.
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("every std must be > 0")
+        return self
+
+
+class RandomFlip(Strict):
+    type: Literal["random_flip"] = "random_flip"
+    mode: Literal["horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
+
+
+class RandomCrop(Strict):
+    """Pad by ``padding`` pixels on every side, then crop a random height x width window."""
+
+    type: Literal["random_crop"] = "random_crop"
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    padding: int = Field(default=0, ge=0)
+
+
+PreprocessStep = Annotated[Rescale | Resize | Normalize, Field(discriminator="type")]
+AugmentStep = Annotated[RandomFlip | RandomCrop, Field(discriminator="type")]
+
+
+class DataConfig(Strict):
+    """Where the examples come from and how they are prepared."""
+
+    dataset: str = "sklearn_digits"  # TFDS name, optionally "name:version" ("mnist:3.0.1")
+    data_dir: str | None = None  # TFDS data_dir; --data-dir wins; unset: $TFDS_DATA_DIR
+    train_split: str = "train"  # TFDS split with slices, e.g. "train[:90%]"
+    validation_split: str | None = "test"  # evaluated after each epoch; None = no validation
+    test_split: str = "test"  # what `bnn eval` uses by default
+    input_key: str = "image"
+    label_key: str = "label"
+    preprocessing: list[PreprocessStep] = Field(default_factory=lambda: [Rescale()])
+    augmentation: list[AugmentStep] = Field(default_factory=list)  # training split only
+    one_hot: bool = False  # one-hot labels (for categorical_crossentropy)
+    cache: bool = True
+    shuffle_buffer: int = Field(default=10_000, ge=0)  # 0 = no shuffling
+
+
+# --- model section ---------------------------------------------------------------
 
 
 LayerSpec = dict[str, Any]
@@ -150,8 +227,12 @@ class Problem:
 class ConfigError(UserError):
     """Every problem found in a config, each with file, line, column and key path."""
 
-    def __init__(self, problems: list[Problem]):
-        self.problems = sorted(problems, key=lambda p: (p.location.line or 0, str(p.path)))
+    def __init__(self, problems: list[Problem], document: Document | None = None):
+        self.document = document
+        # A bad `defaults` entry applies to many layers: report each place once.
+        unique = {(str(p.location), p.path): p for p in reversed(problems)}
+        self.problems = sorted(unique.values(),
+                               key=lambda p: (p.location.line or 0, str(p.path)))
         if len(self.problems) == 1:
             text = str(self.problems[0])
         else:
@@ -190,7 +271,8 @@ def validate(doc: Document, path: Path | None = None) -> Config:
     try:
         spec = ConfigFile.model_validate(doc.data)
     except ValidationError as exc:
-        raise ConfigError([_problem_from_pydantic(err, doc) for err in exc.errors()]) from None
+        problems = [_problem_from_pydantic(err, doc) for err in exc.errors()]
+        raise ConfigError(problems, doc) from None
     return Config(spec=spec, document=doc, path=path)
 
 

@@ -298,7 +298,7 @@ def prepare(config: Config, run: RunDir, data_dir: str | None) -> Job:
     if training.deterministic:
         tf.config.experimental.enable_op_determinism()
     model = build_model(config, input_shape=info.input_shape)
-    train_size = info.split_size(config.spec.data.train_split)
+    train_size = info.num_examples(config.spec.data.train_split)
     steps = max(1, math.ceil(train_size / training.batch_size))
     if training.steps_per_epoch:
         steps = min(steps, training.steps_per_epoch)
@@ -452,10 +452,9 @@ def train_from_config(config_path: str | Path, overrides: list[str], *,
                       plugins: list[str] | None = None) -> TrainResult:
     """``bnn train CONFIG``: validate, build, create a run directory and train."""
     plugins = list(plugins or [])
-    config = load_config(config_path, overrides)
-    from bnn_cli.builder import load_plugins
+    from bnn_cli.builder import load_checked_config
 
-    load_plugins(config, plugins)
+    config = load_checked_config(config_path, overrides, plugins)
     # Validate model and data before anything is written.
     probe = RunDir(Path(output_root))
     job = prepare(config, probe, data_dir)
