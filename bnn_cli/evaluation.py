@@ -32,7 +32,7 @@ class EvalReport:
         from rich.table import Table
 
         where = f" ({self.checkpoint}, epoch {self.epoch})" if self.checkpoint else ""
-        table = Table(title=f"{self.target}{where} on {self.split}")
+        table = Table(title=f"split {self.split!r}", caption=f"{self.target}{where}")
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in self.metrics.items():

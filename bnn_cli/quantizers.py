@@ -359,7 +359,7 @@ class MagnitudeAwareSign(BaseQuantizer):
 class SteTern(BaseQuantizer):
     r"""Ternary quantizer to {-1, 0, +1} with the straight-through estimator.
 
-    Forward: ``q(x) = +1 if x > D, -1 if x < -D, else 0`` (``q(+-D) = 0``), with
+    Forward: ``q(x) = +1 if x >= D, -1 if x <= -D, else 0`` (``q(+-D) = +-1``), with
     ``D = threshold_value``, or with ``ternary_weight_networks=True`` the TWN threshold
     ``D = 0.7 * mean(|x|)`` over the whole tensor.
 
@@ -483,7 +483,12 @@ class QuantizerActivation:
             obj = REGISTRY.get("quantizer", self.name).obj
             # A default-configured quantizer's `quantize`: the same values as the layer,
             # without creating an untracked sub-layer inside the caller's `call`.
-            self._quantize = obj().quantize if inspect.isclass(obj) else obj
+            if inspect.isclass(obj):
+                instance = obj()
+                # A quantizer written the Larq way overrides `call`, not `quantize`.
+                self._quantize = getattr(instance, "quantize", instance)
+            else:
+                self._quantize = obj
         return self._quantize(x)
 
     def get_config(self) -> dict[str, str]:

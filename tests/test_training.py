@@ -1,0 +1,171 @@
+"""`bnn train` / `bnn eval` end to end on the embedded digits (small and fast)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnn_cli.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+# Small and quick: 3 epochs of at most 12 steps.
+FAST = ["training.epochs=3", "training.steps_per_epoch=12", "training.batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    """A private TFDS data_dir; the embedded digits are prepared into it on first use."""
+    path = tmp_path_factory.mktemp("tfds")
+    os.environ["TFDS_DATA_DIR"] = str(path)
+    return str(path)
+
+
+def _train(tmp_path: Path, *extra: str) -> tuple[int, Path]:
+    code = main(["train", str(QUICKSTART), *FAST, *extra, "--output", str(tmp_path)])
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    return code, runs[-1]
+
+
+def _weights(run: Path) -> list[np.ndarray]:
+    from bnn_cli.evaluation import _load_model_file
+
+    return _load_model_file(run / "model.keras").get_weights()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir) -> Path:
+    code, run = _train(tmp_path_factory.mktemp("runs"))
+    assert code == 0
+    return run
+
+
+def test_run_directory_has_everything(finished_run: Path):
+    names = {p.name for p in finished_run.iterdir()}
+    assert {"config.yaml", "config.resolved.yaml", "overrides.json", "summary.txt",
+            "summary.json", "checkpoints", "metrics.csv", "metrics.jsonl", "tensorboard",
+            "model.keras", "run.json"} <= names
+    assert (finished_run / "config.yaml").read_text() == QUICKSTART.read_text()
+    status = json.loads((finished_run / "run.json").read_text())
+    assert status["status"] == "completed"
+    assert status["epochs_done"] == 3
+    assert status["wall_time"] > 0
+    rows = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all({"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(r)
+               for r in rows)
+    with (finished_run / "metrics.csv").open() as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
+    ck = finished_run / "checkpoints"
+    last = json.loads((ck / "last.json").read_text())["checkpoint"]
+    best = json.loads((ck / "best.json").read_text())["checkpoint"]
+    assert last == "epoch-0003"
+    best_epoch = max(rows, key=lambda r: r["val_accuracy"])["epoch"]
+    assert best == f"epoch-{best_epoch:04d}"
+    # Only the checkpoints a pointer refers to are kept.
+    assert {p.name for p in ck.iterdir() if p.is_dir()} == {last, best}
+    state = json.loads((ck / last / "state.json").read_text())
+    assert state["epoch"] == 3 and len(state["history"]) == 3
+    assert (finished_run / "tensorboard").iterdir()
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["total_params"] > 0
+
+
+def test_eval_of_run_reports_training_accuracy(finished_run: Path, capsys):
+    rows = [json.loads(x) for x in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+    assert main(["eval", str(finished_run), "--checkpoint", "last", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metrics"]["accuracy"] == pytest.approx(rows[-1]["val_accuracy"], abs=1e-6)
+    assert (finished_run / "eval-test-epoch-0003.json").is_file()
+
+
+def test_eval_of_best_checkpoint_file_and_model_file(finished_run: Path, capsys):
+    rows = [json.loads(x) for x in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    best = max(r["val_accuracy"] for r in rows)
+    ck = finished_run / "checkpoints"
+    best_dir = ck / json.loads((ck / "best.json").read_text())["checkpoint"]
+    capsys.readouterr()
+    assert main(["eval", str(best_dir / "ckpt.index"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["accuracy"] == pytest.approx(best)
+    assert main(["eval", str(finished_run / "model.keras"), "--json"]) == 0
+    final = json.loads(capsys.readouterr().out)["metrics"]["accuracy"]
+    assert final == pytest.approx(rows[-1]["val_accuracy"], abs=1e-6)
+
+
+def test_eval_errors_are_clean(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"not a model")
+    assert main(["eval", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert "pass --config" in err and "Traceback" not in err
+
+
+def test_offline_dataset_error_is_clear(tmp_path, capsys, data_dir):
+    code = main(["check", str(QUICKSTART), "data.dataset=cifar100",
+                 "model.inputs=[{shape: [32, 32, 3]}]"])
+    assert code == 0  # check needs no data when the model states its inputs
+    code = main(["train", str(QUICKSTART), "data.dataset=cifar100", "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cifar100" in err and "--data-dir" in err
+    assert not list(tmp_path.iterdir()), "nothing is written for a run that cannot start"
+
+
+def _interrupt_after_first_checkpoint(run_root: Path, sig: int) -> tuple[int, Path, str]:
+    cmd = [sys.executable, "-m", "bnn_cli.cli", "train", str(QUICKSTART),
+           "training.epochs=3", "training.steps_per_epoch=40", "training.batch_size=16",
+           "--output", str(run_root)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if list(run_root.glob("*/checkpoints/last.json")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=240)
+    return proc.returncode, next(run_root.iterdir()), err.decode()
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_and_resume_matches_uninterrupted(tmp_path, data_dir, sig, code, capsys):
+    returncode, run, err = _interrupt_after_first_checkpoint(tmp_path / "a", sig)
+    assert returncode == code, err
+    assert "--resume" in err
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "interrupted"
+    assert main(["train", str(run / "config.yaml"), "--resume", str(run)]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    # The same run without interruption.
+    assert main(["train", str(QUICKSTART), "training.epochs=3",
+                 "training.steps_per_epoch=40", "training.batch_size=16",
+                 "--output", str(tmp_path / "b")]) == 0
+    other = next((tmp_path / "b").iterdir())
+    ref = [json.loads(x) for x in (other / "metrics.jsonl").read_text().splitlines()]
+    for got, want in zip(rows, ref, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4, abs=1e-5)
+        assert got["val_accuracy"] == pytest.approx(want["val_accuracy"], abs=1e-6)
+    for a, b in zip(_weights(run), _weights(other), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_nan_loss_fails_the_run_and_keeps_last_checkpoint(tmp_path, data_dir, capsys):
+    # Pixels divided by 1e-38 overflow to inf in the first layer: the loss is NaN at once.
+    code, run = _train(tmp_path, "data.preprocessing=[{type: normalize, mean: [0.0], "
+                                 "std: [1.0e-38]}]")
+    status = json.loads((run / "run.json").read_text())
+    assert code == 1
+    assert status["status"] == "failed"
+    assert "non-finite loss" in status["error"]
+    assert "Traceback" not in capsys.readouterr().err
