@@ -4,14 +4,44 @@ Every other module does ``from bnn_cli._keras import keras, tf``. Keras is tf-ke
 (Keras 2), the Keras that Larq and the Larq Compute Engine converter run on.
 """
 
+import contextlib
 import os
+import sys
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-# TensorFlow's C++ start-up chatter (CUDA probing, CPU features) is noise for a CLI
-# user; anyone who wants it can still set the variable themselves.
+# TensorFlow's start-up chatter (CUDA probing, CPU features) is noise for a CLI user;
+# anyone who wants it can set the variable themselves, or BNN_DEBUG=1.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence C++ log lines printed while TensorFlow loads (absl ignores the level
+    variable before it is initialised). Python exceptions are unaffected."""
+    if os.environ.get("BNN_DEBUG") or "tensorflow" in sys.modules:
+        yield
+        return
+    try:
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+with _quiet_native_stderr():
+    import tensorflow as tf
+    import tf_keras as keras
+
+    # Probing devices here keeps the "no CUDA driver" line inside the quiet block.
+    tf.config.list_physical_devices()
 
 __all__ = ["keras", "tf"]

@@ -7,6 +7,7 @@ listing is complete; it reads the one registry like everything else.
 from __future__ import annotations
 
 import importlib
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -31,12 +32,15 @@ def entries(kind: str) -> list[Entry]:
 def _params(entry: Entry) -> str:
     parts = []
     for p in entry.params:
+        if p.name == "metrics":  # every quantizer takes it; not worth a column entry
+            continue
         parts.append(p.name if p.required else f"{p.name}={p.default!r}")
     return ", ".join(parts)
 
 
 def print_table(kind: str, items: list[Entry], console: Console | None = None) -> None:
-    console = console or Console(soft_wrap=False)
+    # Piped output gets a wide table instead of rich's 80-column default.
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title=f"{len(items)} {kind}s", show_lines=False)
     table.add_column("name", style="bold")
     table.add_column("aliases")
@@ -48,7 +52,7 @@ def print_table(kind: str, items: list[Entry], console: Console | None = None) -
         name = e.name if e.builtin else f"{e.name} (custom)"
         row = [name, ", ".join(e.aliases)]
         if kind == "quantizer":
-            row.append("" if e.precision is None else str(e.precision))
+            row.append("varies" if e.precision is None else str(e.precision))
         params = _params(e)
         row += [params if len(params) < 120 else params[:117] + "...", e.summary]
         table.add_row(*row)

@@ -18,8 +18,10 @@ draws fresh randomness.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +174,9 @@ def _prepare_embedded(builder: tfds.core.DatasetBuilder, data_dir: str | None) -
     """Write an embedded dataset into the data_dir; it reads local files, never the network."""
     config = tfds.download.DownloadConfig(try_download_gcs=False)
     try:
-        builder.download_and_prepare(download_config=config)
+        # TFDS prints its progress to stdout; keep stdout for results (`--json`).
+        with contextlib.redirect_stdout(sys.stderr):
+            builder.download_and_prepare(download_config=config)
     except OSError as err:
         raise UserError(
             f"could not prepare dataset {builder.name!r} into {_where(data_dir)}: {err}; "

@@ -251,15 +251,21 @@ QUANT_LAYERS = (
 
 
 def layer_params(cls: type) -> tuple[Param, ...]:
-    """The constructor arguments of a layer: its own, then its Keras base class's."""
-    own: list[Param] = [Param("input_quantizer", None)] if issubclass(cls, QuantizerMixin) else []
+    """The constructor arguments of a layer: every ``__init__`` up its class chain, down
+    to (and including) the Keras layer it builds on; ``**kwargs`` pass-through skipped."""
+    params: dict[str, Param] = {}
     if issubclass(cls, QuantizerMixin):
-        own += [Param(arg, None) for arg, _ in cls._quantized_weights]
+        params["input_quantizer"] = Param("input_quantizer", None)
+        params.update({arg: Param(arg, None) for arg, _ in cls._quantized_weights})
     if issubclass(cls, PadValuesMixin):
-        own.append(Param("pad_values", 0.0))
-    keras_base = next((b for b in cls.__mro__ if b.__module__.startswith("tf_keras")), cls)
-    names = {p.name for p in own}
-    return (*own, *(p for p in signature_params(keras_base) if p.name not in names))
+        params["pad_values"] = Param("pad_values", 0.0)
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and klass not in (QuantizerMixin, PadValuesMixin):
+            for p in signature_params(klass):
+                params.setdefault(p.name, p)
+        if klass.__module__.startswith("tf_keras"):
+            break
+    return tuple(params.values())
 
 
 def register_layer(cls: type | None = None, *, name: str | None = None,
