@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnn_cli import layers as qlayers  # noqa: F401  (registers the quantized layers)
 from bnn_cli import catalog, quantizers
+from bnn_cli import layers as qlayers  # noqa: F401  (registers the quantized layers)
 from bnn_cli._keras import keras
 from bnn_cli.config import Config, ConfigError, Problem, ensure_valid
 from bnn_cli.errors import UserError, did_you_mean

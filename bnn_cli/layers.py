@@ -17,6 +17,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+from bnn_cli import activations as _activations  # noqa: F401  registers "hard_tanh"...
+from bnn_cli import constraints as _constraints  # noqa: F401  registers "weight_clip"
 from bnn_cli import quantizers
 from bnn_cli._keras import keras, tf
 from bnn_cli.registry import REGISTRY, Entry, Param, first_doc_line, signature_params

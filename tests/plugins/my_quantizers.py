@@ -2,9 +2,9 @@
 
 import tensorflow as tf
 
+from bnn_cli._keras import keras
 from bnn_cli.layers import register_layer
 from bnn_cli.quantizers import register_quantizer
-from bnn_cli._keras import keras
 
 
 @register_quantizer(precision=1)
