@@ -25,11 +25,14 @@ class UnknownNameError(UserError, ValueError):
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """``"; did you mean 'ste_sign'?"`` for the closest known names, or ``""``."""
-    known = list(known)
-    by_lower = {k.lower(): k for k in known}
-    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
-    if not close:
-        return ""
-    quoted = " or ".join(repr(by_lower[c]) for c in close)
-    return f"; did you mean {quoted}?"
+    """``"; did you mean 'ste_sign'?"`` for the closest known name, or ``""``.
+
+    One suggestion, the best: a list of near misses is harder to act on than one fix.
+    """
+    by_lower: dict[str, str] = {}
+    for k in known:
+        by_lower.setdefault(k.lower(), k)
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    if not close and len(name) >= 3:  # an abbreviation: 'clip' for 'clip_value'
+        close = sorted((k for k in by_lower if k.startswith(name.lower())), key=len)[:1]
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""

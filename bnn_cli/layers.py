@@ -55,6 +55,19 @@ def _swapped(obj: Any, name: str, value: Any) -> Iterator[None]:
         object.__setattr__(obj, name, original)
 
 
+def _kernel_quantizer(identifier: Any) -> Any:
+    """A kernel quantizer that tracks the metrics of the active ``metrics_scope`` (as
+    Larq's ``get_kernel_quantizer``), e.g. the flip ratio of binary weights."""
+    from bnn_cli.metrics import get_training_metrics
+
+    quantizer = quantizers.get(identifier)
+    scoped = get_training_metrics()
+    if isinstance(quantizer, quantizers.BaseQuantizer) and scoped \
+            and not quantizer._custom_metrics:
+        quantizer._custom_metrics = sorted(scoped)
+    return quantizer
+
+
 def is_binary(quantizer: Any) -> bool:
     """A 1-bit quantizer that actually quantizes (``NoOp(precision=1)`` only marks)."""
     return getattr(quantizer, "precision", None) == 1 and not isinstance(
@@ -78,7 +91,7 @@ class QuantizerMixin:
         super().__init__(*args, **kwargs)
         self.input_quantizer = quantizers.get(input_quantizer)
         for arg, value in given.items():
-            setattr(self, arg, quantizers.get(value))
+            setattr(self, arg, _kernel_quantizer(value))
             self._warn_if_starved(arg)
 
     def _warn_if_starved(self, arg: str) -> None:
@@ -88,6 +101,12 @@ class QuantizerMixin:
                 "%s: using a binary `%s` without setting `%s` may result in starved "
                 "weights (where the gradient is always zero).", self.name, arg, constraint
             )
+
+    def build_from_config(self, config):
+        # Keras rebuilds loaded layers outside their name scope; without it every quantized
+        # kernel would be named "kernel:0" and optimizer slots would collide in .h5 files.
+        with tf.name_scope(self.name):
+            super().build_from_config(config)
 
     def build(self, input_shape):
         super().build(input_shape)

@@ -208,6 +208,9 @@ def _child(parent: Any, part: str | int, path: PathKey, item: str, *, create: bo
                                 f"existing keys there: {', '.join(map(str, parent)) or 'none'}")
             parent[part] = {}  # a top-level section the file left to its defaults
         return parent[part]
-    if isinstance(parent, list) and isinstance(part, int) and -len(parent) <= part < len(parent):
-        return parent[part]
+    if isinstance(parent, list) and isinstance(part, int):
+        if -len(parent) <= part < len(parent):
+            return parent[part]
+        raise UserError(f"override {item!r}: {format_path(path)} does not exist (the list "
+                        f"has {len(parent)} items)")
     raise UserError(f"override {item!r}: {format_path(path)} does not exist")

@@ -1,0 +1,70 @@
+r"""Constraints applied to weights after each optimizer step (as ``larq.constraints``).
+
+The quantized layers take the Keras constraint arguments (``kernel_constraint``,
+``depthwise_constraint`` ...). A binary kernel quantizer with a clipped straight-through
+estimator passes no gradient where ``|w| > 1``, so its latent weights are usually kept in
+``[-1, 1]`` with :class:`WeightClip`::
+
+    QuantDense(64, kernel_quantizer="ste_sign", kernel_constraint="weight_clip")
+    QuantDense(64, kernel_quantizer="ste_sign", kernel_constraint=WeightClip(2.0))
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from bnn_cli._keras import keras, tf
+from bnn_cli.registry import REGISTRY, Entry, first_doc_line, signature_params
+
+__all__ = ["WeightClip", "weight_clip"]
+
+_KERAS_PACKAGE = "bnn_cli"
+
+
+class WeightClip(keras.constraints.Constraint):
+    r"""Clip every weight to [-clip_value, clip_value].
+
+    ``w <- min(max(w, -clip_value), clip_value)``, applied after each optimizer step.
+
+    Args:
+        clip_value: the bound ``c > 0`` of the interval ``[-c, c]``.
+    """
+
+    def __init__(self, clip_value: float = 1):
+        # A negative bound would only fail later, inside the training step, with an
+        # error about tf.clip_by_value's arguments.
+        if isinstance(clip_value, bool) or not isinstance(clip_value, numbers.Real):
+            raise ValueError(f"WeightClip clip_value must be a number, got {clip_value!r}")
+        if not clip_value > 0:
+            raise ValueError(f"WeightClip clip_value must be > 0, got {clip_value!r}")
+        self.clip_value = clip_value
+
+    def __call__(self, w: tf.Tensor) -> tf.Tensor:
+        return tf.clip_by_value(w, -self.clip_value, self.clip_value)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"clip_value": self.clip_value}
+
+
+# A lowercase class, as Larq's: Keras resolves constraint strings to classes in its
+# custom objects and instantiates them with their defaults.
+class weight_clip(WeightClip):
+    """Alias of :class:`WeightClip`, so that ``kernel_constraint="weight_clip"`` works."""
+
+
+def _register_builtins() -> None:
+    custom_objects = keras.utils.get_custom_objects()
+    for cls in (WeightClip, weight_clip):
+        # "bnn_cli>Name" for the Keras format, the plain name for HDF5 files and for
+        # models saved by Larq (which registers plain names).
+        keras.saving.register_keras_serializable(_KERAS_PACKAGE, cls.__name__)(cls)
+        custom_objects[cls.__name__] = cls
+    REGISTRY.add(Entry(
+        kind="constraint", name="WeightClip", obj=WeightClip, aliases=("weight_clip",),
+        params=signature_params(WeightClip), summary=first_doc_line(WeightClip),
+        builtin=True,
+    ))
+
+
+_register_builtins()
