@@ -106,20 +106,16 @@ def load_split(
     seed: int | None,
     data_dir: str | None,
 ) -> tf.data.Dataset:
-    """Batches of ``(inputs, labels)`` from ``split``, shuffled and augmented if ``training``."""
+    """Batches of ``(inputs, labels)`` from ``split``, shuffled and augmented if ``training``.
+
+    The decoded, preprocessed examples are read once per process and cached; each call
+    only adds the shuffle/batch/augment stages for its ``seed``. The training loop calls
+    this once per epoch with a seed derived from the epoch, so a resumed run sees the
+    same batches as an uninterrupted one without decoding the dataset again.
+    """
     builder = _open_builder(data, data_dir)
-    _split_size(builder.info.splits, split, builder.info.full_name)
-    _model_input_shape(builder.info.features[data.input_key].shape, data)  # validates crops
     depth = _one_hot_depth(builder, data)
-    ds = builder.as_dataset(
-        split=split,
-        shuffle_files=training,
-        # Our own cache sits after preprocessing; TFDS's autocache would hold raw copies.
-        read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
-    )
-    ds = ds.map(_example_fn(data, training), num_parallel_calls=AUTOTUNE)
-    if data.cache:
-        ds = ds.cache()
+    ds = _examples(builder, data, split, training)
     if training and data.shuffle_buffer:
         ds = ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
@@ -128,6 +124,33 @@ def load_split(
     if depth is not None:
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, depth)), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+_EXAMPLES: dict[tuple, tf.data.Dataset] = {}
+
+
+def _examples(builder: tfds.core.DatasetBuilder, data: schema.DataConfig, split: str,
+              training: bool) -> tf.data.Dataset:
+    """Decoded, preprocessed (unbatched) examples of a split, cached; memoized per process.
+
+    Files are read in their stored order (not shuffled): the cache's content, and so
+    every later seeded shuffle, must not depend on which epoch first filled it.
+    """
+    key = (builder.info.full_name, str(builder.data_dir), split, training,
+           data.model_dump_json(include={"input_key", "label_key", "preprocessing",
+                                         "augmentation", "cache"}))
+    if key not in _EXAMPLES:
+        _split_size(builder.info.splits, split, builder.info.full_name)
+        _model_input_shape(builder.info.features[data.input_key].shape, data)  # crops fit
+        ds = builder.as_dataset(
+            split=split,
+            shuffle_files=False,
+            # Our own cache sits after preprocessing; TFDS's would hold raw copies.
+            read_config=tfds.ReadConfig(try_autocache=False),
+        )
+        ds = ds.map(_example_fn(data, training), num_parallel_calls=AUTOTUNE)
+        _EXAMPLES[key] = ds.cache() if data.cache else ds
+    return _EXAMPLES[key]
 
 
 # --- opening a dataset, and the errors a user can act on -----------------------------

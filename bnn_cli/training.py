@@ -14,7 +14,6 @@ checkpoint and marks the run failed.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
@@ -32,7 +31,14 @@ from bnn_cli.builder import build_model
 from bnn_cli.config import Config, Schedule, TrainingConfig, load_config
 from bnn_cli.errors import UserError
 from bnn_cli.registry import REGISTRY
-from bnn_cli.runs import RunDir, atomic_write_json, atomic_write_text
+from bnn_cli.runs import (
+    Checkpoint,
+    RunDir,
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
 
@@ -297,7 +303,11 @@ def prepare(config: Config, run: RunDir, data_dir: str | None) -> Job:
         keras.utils.set_random_seed(training.seed)
     if training.deterministic:
         tf.config.experimental.enable_op_determinism()
-    model = build_model(config, input_shape=info.input_shape)
+    from bnn_cli.metrics import metrics_scope
+
+    # training.flip_ratio: every kernel quantizer logs the share of weights that flipped.
+    with metrics_scope(["flip_ratio"] if training.flip_ratio else []):
+        model = build_model(config, input_shape=info.input_shape)
     train_size = info.num_examples(config.spec.data.train_split)
     steps = max(1, math.ceil(train_size / training.batch_size))
     if training.steps_per_epoch:
@@ -336,7 +346,12 @@ def _epoch(job: Job, epoch: int, callbacks: list) -> dict[str, Any]:
 def _save_checkpoint(job: Job, state: LoopState, improved: bool) -> None:
     run = job.run
     with run.new_checkpoint(state.epoch) as folder:
-        job.checkpoint.write(str(folder / "ckpt"))
+        try:
+            job.checkpoint.write(str(folder / "ckpt"))
+        except tf.errors.OpError as exc:  # TF's I/O errors (e.g. a full disk) aren't OSError
+            raise UserError(f"cannot write a checkpoint in {run.checkpoints}: {exc.message}. "
+                            "Free space or choose another output folder with --output; the "
+                            "previous checkpoint is kept and the run can be resumed") from None
         atomic_write_json(folder / "state.json", state.as_dict())
     run.point("last", state.epoch)
     if improved:
@@ -393,9 +408,7 @@ def run_loop(job: Job, state: LoopState) -> TrainResult:
 
 def _finish(job: Job, state: LoopState) -> TrainResult:
     run = job.run
-    tmp = run.file(".model.incomplete.keras")
-    job.model.save(tmp)
-    tmp.replace(run.file("model.keras"))
+    atomic_save(run.file("model.keras"), job.model.save)
     final = state.history[-1] if state.history else {}
     run.write_status(status="completed", epochs_done=state.epoch, final=final,
                      best={job.config.spec.training.monitor: state.best_value,
@@ -458,20 +471,24 @@ def train_from_config(config_path: str | Path, overrides: list[str], *,
     # Validate model and data before anything is written.
     probe = RunDir(Path(output_root))
     job = prepare(config, probe, data_dir)
-    run = RunDir.create(output_root, config.name)
-    job.run = run
-    run.write_status(status="starting", name=config.name,
-                     config_path=str(Path(config_path).resolve()),
-                     started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    _write_run_files(run, config, overrides, job.model, plugins)
+
+    def fill(run: RunDir) -> None:
+        run.write_status(status="starting", name=config.name,
+                         config_path=str(Path(config_path).resolve()),
+                         started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        _write_run_files(run, config, overrides, job.model, plugins)
+
+    run = job.run = RunDir.create(output_root, config.name, fill)
     sys.stderr.write(f"run directory: {run.path}\n")
     return run_loop(job, LoopState())
 
 
 def load_run_config(run: RunDir) -> tuple[Config, list[str]]:
     """The config a run was started with (plus its overrides), relative paths intact."""
-    extras = json.loads(run.file("overrides.json").read_text()) \
-        if run.file("overrides.json").is_file() else {}
+    extras = read_json(run.file("overrides.json")) if run.file("overrides.json").is_file() \
+        else {}
+    if not isinstance(extras, dict):
+        raise UserError(f"{run.file('overrides.json')} is corrupted: not a JSON object")
     overrides = list(extras.get("overrides", []))
     config = load_config(run.file("config.yaml"), overrides)
     source = run.read_status_safely().get("config_path")
@@ -483,21 +500,46 @@ def load_run_config(run: RunDir) -> tuple[Config, list[str]]:
     return config, overrides
 
 
+def restore(job: Job, checkpoint: Checkpoint, *, partial: bool = False) -> None:
+    """Load a checkpoint's weights (and optimizer) into the job's model."""
+    try:
+        status = job.checkpoint.read(checkpoint.prefix)
+        if partial:  # evaluation needs the weights only
+            status.expect_partial()
+        else:
+            status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as exc:
+        # E.g. config.yaml was edited after training: the layers no longer match.
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise UserError(f"checkpoint {checkpoint.path} does not fit the model of the run's "
+                        f"config ({type(exc).__name__}: {first}); was config.yaml edited "
+                        "after training?") from None
+
+
 def resume_run(run_path: str | Path, *, data_dir: str | None = None) -> TrainResult:
     """``bnn train --resume RUN_DIR``: continue from the last good checkpoint."""
     run = RunDir.open(run_path)
-    status = run.read_status_safely()
+    try:
+        status = run.read_status()
+    except UserError as exc:  # run.json is rewritten below; the checkpoints hold the state
+        sys.stderr.write(f"warning: {exc}; it will be rewritten\n")
+        status = {}
     if status.get("status") == "completed":
         raise UserError(f"{run.path} already completed; nothing to resume")
     config, _ = load_run_config(run)
     job = prepare(config, run, data_dir)
     if any(run.checkpoints.glob("epoch-*")):
-        checkpoint = run.load_checkpoint("last", warn=lambda m: sys.stderr.write(m + "\n"))
-        job.checkpoint.read(checkpoint.prefix).assert_existing_objects_matched()
+        checkpoint = run.load_checkpoint("last")
+        restore(job, checkpoint)
         state = LoopState.from_dict(checkpoint.state)
+        run.align_pointers(state.epoch, state.best_epoch)
     else:  # stopped before the first epoch ended: start over in the same folder
         state = LoopState()
-    run.write_metrics(state.history or [])  # drop rows of epochs after the checkpoint
+    # The history comes from the checkpoint's state, so epochs after it (written before
+    # the kill, or after a corrupt checkpoint that was skipped) are dropped here and
+    # appear again, once, when they are re-run.
+    run.write_metrics(state.history or [])
+    run.write_status(status="running", epochs_done=state.epoch)
     sys.stderr.write(f"resuming {run.path} after epoch {state.epoch}\n")
     return run_loop(job, state)
 

@@ -169,3 +169,17 @@ def test_nan_loss_fails_the_run_and_keeps_last_checkpoint(tmp_path, data_dir, ca
     assert status["status"] == "failed"
     assert "non-finite loss" in status["error"]
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_quickstart_reaches_90_percent_and_eval_agrees(tmp_path, data_dir, capsys):
+    """The README's main job, as written: >= 90 % test accuracy on the digits."""
+    assert main(["train", str(QUICKSTART), "--output", str(tmp_path)]) == 0
+    run = next(tmp_path.iterdir())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 20
+    assert rows[-1]["val_accuracy"] >= 0.90
+    capsys.readouterr()
+    assert main(["eval", str(run), "--checkpoint", "last", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "test"
+    assert report["metrics"]["accuracy"] == pytest.approx(rows[-1]["val_accuracy"], abs=1e-6)
