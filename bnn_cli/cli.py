@@ -105,6 +105,22 @@ def check(
         report.print()
 
 
+@app.command("plot-quantizers")
+def plot_quantizers(
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] =
+    Path("quantizers.png"),
+    plugin: Plugins = None,
+) -> None:
+    """Draw every quantizer's forward value and pseudo-gradient on [-2, 2] as a PNG."""
+    from bnn_cli import catalog
+    from bnn_cli.plots import plot_quantizers as draw
+
+    _import_plugins(plugin)
+    catalog.load_builtins()
+    names = draw(output)
+    typer.echo(f"wrote {output} ({', '.join(names)})", err=True)
+
+
 @app.command()
 def schema(output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write to this file instead of stdout.")] = None) -> None:

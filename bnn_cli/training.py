@@ -360,6 +360,18 @@ def _save_checkpoint(job: Job, state: LoopState, improved: bool) -> None:
     run.write_metrics(state.history or [])
 
 
+def _plot_curves(job: Job, state: LoopState) -> None:
+    """curves.png beside the metrics; a picture is a convenience, never a reason to fail."""
+    if not state.history:
+        return
+    from bnn_cli.plots import plot_history
+
+    try:
+        plot_history(state.history, job.run.file("curves.png"), title=job.config.name)
+    except Exception as exc:  # noqa: BLE001 - plotting must not end a training run
+        sys.stderr.write(f"warning: could not draw curves.png: {exc}\n")
+
+
 def run_loop(job: Job, state: LoopState) -> TrainResult:
     """Train from ``state`` to the configured number of epochs (or early stop)."""
     training = job.config.spec.training
@@ -409,6 +421,7 @@ def run_loop(job: Job, state: LoopState) -> TrainResult:
 def _finish(job: Job, state: LoopState) -> TrainResult:
     run = job.run
     atomic_save(run.file("model.keras"), job.model.save)
+    _plot_curves(job, state)
     final = state.history[-1] if state.history else {}
     run.write_status(status="completed", epochs_done=state.epoch, final=final,
                      best={job.config.spec.training.monitor: state.best_value,
@@ -422,6 +435,7 @@ def _interrupted(job: Job, state: LoopState, guard: _Guard) -> TrainResult:
     # The epoch was cut short: its partial progress is dropped, the last complete
     # checkpoint stays, and the resumed run repeats this epoch from its start.
     code = EXIT_SIGINT if guard.signal == signal.SIGINT else EXIT_SIGTERM
+    _plot_curves(job, state)
     job.run.write_status(status="interrupted", epochs_done=state.epoch)
     sys.stderr.write(f"interrupted after {state.epoch} complete epoch(s); resume with:\n"
                      f"  bnn train {job.run.path / 'config.yaml'} --resume {job.run.path}\n")
