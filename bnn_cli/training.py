@@ -106,7 +106,7 @@ def learning_rate(training: TrainingConfig, steps_per_epoch: int) -> Any:
                          training.epochs)
 
 
-def _make_optimizer(spec: dict[str, Any], lr: Any, *, legacy: bool) -> Any:
+def _make_optimizer(spec: dict[str, Any], lr: Any) -> Any:
     kind = spec.get("type", "Adam")
     args = {k: v for k, v in spec.items() if k != "type"}
     entry = REGISTRY.find("optimizer", kind)
@@ -114,8 +114,7 @@ def _make_optimizer(spec: dict[str, Any], lr: Any, *, legacy: bool) -> Any:
         return entry.obj(**args)
     if "learning_rate" not in args:
         args["learning_rate"] = lr
-    module = keras.optimizers.legacy if legacy else keras.optimizers
-    cls = getattr(module, kind, None)
+    cls = getattr(keras.optimizers, kind, None)
     if not isinstance(cls, type):
         known = sorted(n for n in dir(keras.optimizers.legacy) if n[0].isupper()
                        and n != "Optimizer") + REGISTRY.names("optimizer") + ["case"]
@@ -137,12 +136,12 @@ def make_optimizer(training: TrainingConfig, steps_per_epoch: int) -> Any:
     lr = learning_rate(training, steps_per_epoch)
     spec = {"type": training.optimizer.type, **training.optimizer.args}
     if spec["type"].lower() != "case":
-        return _make_optimizer(spec, lr, legacy=False)
+        return _make_optimizer(spec, lr)
     binary = spec.get("binary", {"type": "Bop"})
     default = spec.get("default", {"type": "Adam"})
     return bopt.CaseOptimizer(
-        (bopt.Bop.is_binary_variable, _make_optimizer(binary, lr, legacy=True)),
-        default_optimizer=_make_optimizer(default, lr, legacy=True),
+        (bopt.Bop.is_binary_variable, _make_optimizer(binary, lr)),
+        default_optimizer=_make_optimizer(default, lr),
     )
 
 

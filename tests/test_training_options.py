@@ -1,0 +1,87 @@
+"""Training options from the config: schedules, optimizers (Bop via case), early
+stopping, flip ratios."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bnn_cli.cli import main
+from bnn_cli.config import Schedule, TrainingConfig
+from bnn_cli.training import EpochSchedule, make_optimizer
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+TINY = ["training.epochs=2", "training.steps_per_epoch=5", "training.batch_size=16"]
+
+
+def lr_at(schedule: dict, epoch: float, steps: int = 10, total: int = 10) -> float:
+    return float(EpochSchedule(Schedule(**schedule).model_dump(), steps, total)(epoch * steps))
+
+
+def test_schedules_follow_their_formulas():
+    assert lr_at({"type": "constant", "initial": 0.1}, 3) == pytest.approx(0.1)
+    assert lr_at({"type": "exponential", "initial": 0.1, "decay_rate": 0.5,
+                  "decay_epochs": 2}, 4) == pytest.approx(0.025)
+    piecewise = {"type": "piecewise", "boundaries": [2, 5], "values": [1.0, 0.1, 0.01]}
+    assert [lr_at(piecewise, e) for e in (0, 1.9, 2, 4.9, 5, 9)] == pytest.approx(
+        [1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    cosine = {"type": "cosine", "initial": 1.0, "alpha": 0.1}
+    assert lr_at(cosine, 0) == pytest.approx(1.0)
+    assert lr_at(cosine, 5) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert lr_at(cosine, 10) == pytest.approx(0.1)
+    warm = {"type": "cosine", "initial": 1.0, "warmup_epochs": 2}
+    assert lr_at(warm, 0) == pytest.approx(1 / 20)  # (step + 1) / warmup_steps
+    assert lr_at(warm, 1) == pytest.approx(11 / 20)
+    assert lr_at(warm, 2) == pytest.approx(1.0)
+
+
+def test_case_optimizer_from_config():
+    from bnn_cli.optimizers import Bop, CaseOptimizer
+
+    training = TrainingConfig(optimizer={"type": "case", "binary": {"type": "Bop",
+                                                                     "threshold": 1e-6},
+                                         "default": {"type": "Adam"}}, learning_rate=0.01)
+    opt = make_optimizer(training, 10)
+    assert isinstance(opt, CaseOptimizer)
+    assert any(isinstance(o, Bop) and o.get_config()["threshold"] == pytest.approx(1e-6)
+               for o in opt.optimizers)
+
+
+def test_unknown_optimizer_is_a_user_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    code = main(["train", str(QUICKSTART), "training.optimizer={type: Adamm}",
+                 "--output", str(tmp_path / "runs")])
+    assert code == 2
+    assert "did you mean 'Adam'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def _rows(root: Path) -> list[dict]:
+    run = next(root.iterdir())
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_bop_training_flips_binary_weights_and_logs_flip_ratio(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    code = main(["train", str(QUICKSTART), *TINY, "training.flip_ratio=true",
+                 "training.optimizer={type: case, binary: {type: Bop, threshold: 1.0e-8, "
+                 "gamma: 0.01}, default: {type: Adam}}", "--output", str(tmp_path / "r")])
+    assert code == 0
+    rows = _rows(tmp_path / "r")
+    flips = [k for k in rows[-1] if k.startswith("flip_ratio/")]
+    assert flips, rows[-1]
+    assert any(rows[-1][k] > 0 for k in flips)  # Bop flipped some binary weights
+
+
+def test_early_stopping_remembers_and_stops(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    code = main(["train", str(QUICKSTART), "training.epochs=6", "training.steps_per_epoch=3",
+                 "training.monitor=val_loss",
+                 "training.early_stopping={patience: 0, min_delta: 1000}",
+                 "--output", str(tmp_path / "r")])
+    assert code == 0
+    # Epoch 1 sets the best; epoch 2 cannot improve by 1000, so training stops.
+    assert [r["epoch"] for r in _rows(tmp_path / "r")] == [1, 2]
