@@ -13,6 +13,7 @@ Three steps, each reporting problems with the config's file/line/key path:
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import re
@@ -24,7 +25,7 @@ from typing import Any
 
 from bnn_cli import catalog, quantizers
 from bnn_cli import layers as qlayers  # noqa: F401  (registers the quantized layers)
-from bnn_cli._keras import keras
+from bnn_cli._keras import keras, tf
 from bnn_cli.config import Config, ConfigError, Problem, ensure_valid
 from bnn_cli.errors import UserError, did_you_mean
 from bnn_cli.registry import REGISTRY, Entry
@@ -82,6 +83,8 @@ def import_plugin(plugin: str, base: Path | None = None) -> None:
         if module_name in sys.modules:
             return
         spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None:  # e.g. a file without the .py suffix
+            raise UserError(f"plugin file {plugin!r} is not a Python (.py) file")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         try:
@@ -98,6 +101,12 @@ def import_plugin(plugin: str, base: Path | None = None) -> None:
     except ModuleNotFoundError as exc:
         raise UserError(f"plugin module {plugin!r} not found ({exc}); give a module on "
                         "the Python path or a path to a .py file") from None
+    except UserError:
+        raise
+    except Exception as exc:  # a malformed name ('', '.x') or the module's own bug
+        raise UserError(f"plugin module {plugin!r} cannot be imported: "
+                        f"{type(exc).__name__}: {exc}; give a module on the Python path "
+                        "or a path to a .py file") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -467,8 +476,37 @@ def load_checked_config(path: str | Path, overrides: list[str] | None = None,
             problems += more.problems
         raise ConfigError(problems, exc.document) from None
     load_plugins(config, plugins)
-    _static_checks(config)
+    problems = _training_problems(config)
+    try:
+        _static_checks(config)
+    except ConfigError as exc:
+        problems = exc.problems + problems
+    ensure_valid(problems)
     return config
+
+
+def _training_problems(config: Config) -> list[Problem]:
+    """Keras looks loss and metric names up only when training starts, so a typo would
+    fail the run after its directory was created; check them with the rest."""
+    training = config.spec.training
+    problems = []
+    try:
+        keras.losses.get(training.loss)
+    except (ValueError, TypeError):
+        known = _keras_names(keras.losses)
+        problems.append(config.problem(("training", "loss"), f"unknown loss "
+                                       f"{training.loss!r}{did_you_mean(training.loss, known)}"))
+    for i, name in enumerate(training.metrics):
+        try:  # (get returns an unknown name unchanged)
+            known_metric = name in ("accuracy", "acc", "crossentropy", "ce") or \
+                callable(keras.metrics.get(name))
+        except (ValueError, TypeError):
+            known_metric = False
+        if not known_metric:
+            known = _keras_names(keras.metrics)
+            problems.append(config.problem(("training", "metrics", i), f"unknown metric "
+                                           f"{name!r}{did_you_mean(name, known)}"))
+    return problems
 
 
 def _static_checks(config: Config) -> None:
@@ -503,17 +541,56 @@ def make_layer(node: Node) -> keras.layers.Layer:
     args = {}
     for arg, value in node.args.items():
         kind = _component_kind(arg)
+        # A copy: Keras wraps lists and dicts a layer keeps (for tracking) in place,
+        # which would leave TensorFlow objects inside the config (unserializable).
+        value = copy.deepcopy(value)
         args[arg] = resolve_component(kind, value) if kind else value
     return entry.obj(name=node.name, **{k: v for k, v in args.items() if k != "name"})
 
 
-def _error_text(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
+def error_text(exc: Exception) -> str:
+    """The line of a Keras/TensorFlow error that says what is wrong (for messages)."""
+    text = str(exc).split("Call arguments received")[0].strip().splitlines()
     # Keras wraps errors as 'Exception encountered when calling layer ...'; keep the
     # first line that says what is wrong.
-    lines = [ln.strip() for ln in text if ln.strip() and not ln.startswith("Call arguments")]
+    lines = [ln.strip() for ln in text if ln.strip()]
+    if "in user code:" in lines:  # then a stack of 'File ...' lines; the reason is last
+        return lines[-1][:300]
     useful = [ln for ln in lines if not ln.startswith("Exception encountered")]
     return (useful or lines or [type(exc).__name__])[0][:300]
+
+
+MAX_WEIGHTS = 2**29
+"""The most numbers a model's weights may hold (2 GiB of float32), far beyond any BNN.
+A typo such as ``filters: 1000000`` would otherwise allocate (and randomly initialize)
+many gigabytes: minutes of work, or the process killed for memory, instead of an error."""
+
+
+class _WeightBudget:
+    """``with budget:`` refuses each variable that would take the weights created under
+    it (all uses together) over ``limit`` numbers, before its initializer allocates it."""
+
+    def __init__(self, limit: int = MAX_WEIGHTS):
+        self.limit, self.total = limit, 0
+        self._scopes: list[Any] = []
+
+    def _creator(self, next_creator, **kwargs):
+        shape = kwargs.get("shape")
+        size = tf.TensorShape(shape).num_elements() if shape is not None else None
+        if self.total + (size or 0) > self.limit:
+            raise UserError(f"its weights would take the model to {self.total + size:,} "
+                            f"numbers, over the limit of {self.limit:,} (2 GiB of float32); "
+                            "check the sizes (filters, units, kernel_size, input shape)")
+        self.total += size or 0
+        return next_creator(**kwargs)
+
+    def __enter__(self) -> _WeightBudget:
+        self._scopes.append(tf.variable_creator_scope(self._creator))
+        self._scopes[-1].__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._scopes.pop().__exit__(*exc_info)
 
 
 def build_model(config: Config, input_shape: Iterable[int | None] | None = None,
@@ -534,6 +611,7 @@ def build_model(config: Config, input_shape: Iterable[int | None] | None = None,
     tensors = {name: keras.Input(shape=shape, name=name, dtype=dtype)
                for name, (shape, dtype) in shapes.items()}
     problems = []
+    budget = _WeightBudget()
     for node in _topological(nodes, list(shapes)):
         if any(r not in tensors for r in node.inputs):
             continue  # an earlier layer failed; that one is reported
@@ -542,11 +620,12 @@ def build_model(config: Config, input_shape: Iterable[int | None] | None = None,
         try:
             layer = make_layer(node)
             x = tensors[layer_args] if isinstance(layer_args, str) else layer_args
-            tensors[node.name] = layer(x)
+            with budget:
+                tensors[node.name] = layer(x)
         except Exception as exc:  # Keras raises many types for bad shapes/arguments
             shapes_in = ", ".join(str(tuple(tensors[r].shape)) for r in node.inputs)
             message = f"layer {node.name!r} ({node.type}) on input shape {shapes_in}: " \
-                      f"{_error_text(exc)}"
+                      f"{error_text(exc)}"
             if node.context:
                 message += f" ({node.context})"
             problems.append(config.problem(node.path, message))

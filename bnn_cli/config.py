@@ -56,12 +56,17 @@ class Rescale(Strict):
     range: tuple[float, float] = (-1.0, 1.0)
 
 
+# Image sizes beyond this are typos; TensorFlow would try to allocate them (and can
+# crash the process rather than raise) when the pipeline runs.
+MAX_IMAGE_SIDE = 8192
+
+
 class Resize(Strict):
     """Resize every image to height x width (``tf.image.resize``; the methods it knows)."""
 
     type: Literal["resize"] = "resize"
-    height: int = Field(gt=0)
-    width: int = Field(gt=0)
+    height: int = Field(gt=0, le=MAX_IMAGE_SIDE)
+    width: int = Field(gt=0, le=MAX_IMAGE_SIDE)
     method: Literal[
         "bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian",
         "mitchellcubic",
@@ -94,9 +99,9 @@ class RandomCrop(Strict):
     """Pad by ``padding`` pixels on every side, then crop a random height x width window."""
 
     type: Literal["random_crop"] = "random_crop"
-    height: int = Field(gt=0)
-    width: int = Field(gt=0)
-    padding: int = Field(default=0, ge=0)
+    height: int = Field(gt=0, le=MAX_IMAGE_SIDE)
+    width: int = Field(gt=0, le=MAX_IMAGE_SIDE)
+    padding: int = Field(default=0, ge=0, le=MAX_IMAGE_SIDE)
 
 
 PreprocessStep = Annotated[Rescale | Resize | Normalize, Field(discriminator="type")]
@@ -117,7 +122,8 @@ class DataConfig(Strict):
     augmentation: list[AugmentStep] = Field(default_factory=list)  # training split only
     one_hot: bool = False  # one-hot labels (for categorical_crossentropy)
     cache: bool = True
-    shuffle_buffer: int = Field(default=10_000, ge=0)  # 0 = no shuffling
+    # 0 = no shuffling. Capped: tf.data segfaults on buffers of 2**31 and more.
+    shuffle_buffer: int = Field(default=10_000, ge=0, le=10_000_000)
 
 
 # --- model section ---------------------------------------------------------------
@@ -148,7 +154,8 @@ class ModelConfig(Strict):
     """The network: layers in order, or a graph of named layers with ``inputs``."""
 
     name: str | None = None
-    inputs: list[InputSpec] | None = None  # default: one input shaped like the data
+    # default: one input shaped like the data
+    inputs: list[InputSpec] | None = Field(default=None, min_length=1)
     defaults: dict[str, dict[str, Any]] = Field(default_factory=dict)  # layer type -> args
     blocks: dict[str, BlockDef] = Field(default_factory=dict)
     layers: list[LayerSpec] = Field(min_length=1)

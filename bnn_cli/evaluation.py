@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import json
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,18 +49,81 @@ def _load_model_file(path: Path):
     from bnn_cli._keras import keras
 
     catalog.load_builtins()  # every bnn_cli class is known before Keras deserializes
+    _refuse_code(path, _stored_config(path))
     try:
         # safe_mode: a saved model never runs code stored in it (e.g. Lambda bytecode).
         return keras.models.load_model(path, compile=False, safe_mode=True)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load the model file {path}: {exc}") from None
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"cannot load the model file {path}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+def _stored_config(path: Path) -> Any:
+    """The architecture a model file stores (``.keras`` zip or legacy HDF5), or None."""
+    with contextlib.suppress(Exception):  # unreadable files are reported by Keras below
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read("config.json"))
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    return None
+
+
+# Modules a saved model may name for its classes and functions. Keras imports whatever
+# module a file names (running its top-level code) and hands back any attribute of it,
+# and Keras's safe_mode covers neither that nor legacy HDF5 files, so the architecture is
+# checked here first: code runs only from bnn_cli, Keras and the plugins a config names.
+_SAFE_MODULES = ("keras", "tf_keras", "bnn_cli")
+
+
+def _refuse_code(path: Path, config: Any) -> None:
+    """Raise a UserError if loading ``config`` would run code stored in or named by it."""
+    from bnn_cli._keras import keras
+
+    def refuse(what: str) -> UserError:
+        return UserError(f"refusing to load the model file {path}: it contains {what}, and "
+                         "loading it would run code that the file names or stores; bnn "
+                         "never does that. Rebuild the model from its config (e.g. evaluate "
+                         "the run directory or a checkpoint) instead")
+
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        name = node.get("class_name")
+        if name in ("Lambda", "__lambda__"):
+            raise refuse("a Lambda layer (Python code)")
+        module = node.get("module")
+        registered = node.get("registered_name")
+        if isinstance(module, str) and not (
+            module.split(".")[0] in _SAFE_MODULES
+            # builtins: Keras looks the name up among its own functions ('relu'), but a
+            # Python builtin ('eval', 'exec') would be returned as is.
+            or (module == "builtins" and name == "function"
+                and not hasattr(builtins, str(node.get("config"))))
+            or (isinstance(registered, str)
+                and keras.saving.get_registered_object(registered) is not None)
+        ):
+            raise refuse(f"{name!r} from the Python module {module!r}")
+        stack.extend(node.values())
 
 
 def evaluate_target(target: str | Path, *, split: str | None = None, checkpoint: str = "best",
                     data_dir: str | None = None, config: str | Path | None = None
                     ) -> EvalReport:
     """Evaluate a run directory / checkpoint / model file; write results into the run."""
-    from bnn_cli.training import load_run_config, prepare
+    from bnn_cli.training import load_run_config, prepare, restore
 
     target = Path(target)
     if not target.exists():
@@ -81,7 +148,7 @@ def evaluate_target(target: str | Path, *, split: str | None = None, checkpoint:
         assert run is not None
         ckpt = (run.load_checkpoint(checkpoint) if target == run.path
                 else run.resolve_checkpoint(target))
-        job.checkpoint.read(ckpt.prefix).expect_partial()
+        restore(job, ckpt, partial=True)
         model, label, epoch = job.model, ckpt.path.name, ckpt.state.get("epoch")
     return _evaluate(model, cfg, job.data_dir, split or cfg.spec.data.test_split, run,
                      str(target), label, epoch)

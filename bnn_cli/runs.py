@@ -19,21 +19,26 @@ Layout of ``runs/<name>-<timestamp>/``::
 Every file is written atomically (temporary file, flush, fsync, rename), and a pointer
 moves to a new checkpoint only after that checkpoint is complete; older checkpoint
 folders are deleted only after that, so a kill at any instant leaves a readable run.
+The run directory itself is filled in a hidden ``.incomplete-*`` folder and renamed into
+place, so it never exists without its config. (TensorBoard's event files are appended
+by TensorFlow; a kill can cut the last record short, which TensorBoard tolerates.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,17 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        # A device or a pipe (`-o /dev/stdout`): a rename would replace the device node
+        # itself, so write through it; atomicity means nothing for a stream anyway.
+        try:
+            with path.open("wb") as f:
+                f.write(data)
+        except OSError as exc:
+            raise _write_error(path, exc) from None
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -81,6 +97,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_save(path: str | Path, write: Callable[[Path], Any]) -> None:
+    """Let ``write(tmp)`` (e.g. Keras ``model.save``) fill a temporary file beside ``path``,
+    then swap it in as :func:`atomic_write_bytes` does: a library that writes in place
+    could otherwise leave a half-written ``path`` behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.incomplete{path.suffix}")  # Keras checks the suffix
+    try:
+        write(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _write_error(path, exc) from None
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -97,7 +135,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def _write_error(path: Path, exc: OSError) -> UserError:
-    reason = "the disk is full" if exc.errno == 28 else exc.strerror or str(exc)
+    reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
     return UserError(f"cannot write {path}: {reason}. Free space or choose another output "
                      "folder with --output; files already written are left as they were")
 
@@ -125,6 +163,11 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _warn(message: str) -> None:
+    # stderr: stdout carries results (`bnn eval --json`).
+    sys.stderr.write(message + "\n")
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,24 +202,45 @@ class RunDir:
     # -- creation ------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, root: str | Path, name: str) -> RunDir:
-        """A new, empty run directory ``root/<name>-<timestamp>`` (never an existing one)."""
+    def create(cls, root: str | Path, name: str,
+               fill: Callable[[RunDir], None] = lambda run: None) -> RunDir:
+        """A new run directory ``root/<name>-<timestamp>`` (never an existing one).
+
+        ``fill`` writes the first files (config, run.json) into a hidden staging folder
+        ``root/.incomplete-*`` that is then renamed into place, so the run directory
+        appears complete or not at all: a kill at any instant leaves either nothing to
+        resume or a folder that ``--resume`` can continue (never one without its config).
+        """
         root = Path(root)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = f"{safe_name(name)}-{stamp}"
+        base = f"{safe_name(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
             root.mkdir(parents=True, exist_ok=True)
-            for i in range(1000):
-                candidate = root / (base if i == 0 else f"{base}-{i}")
-                try:
-                    candidate.mkdir()
-                except FileExistsError:
-                    continue
-                return cls(candidate)
+            staging = cls(root / f".incomplete-{base}-{os.urandom(4).hex()}")
+            staging.path.mkdir()  # (not mkdtemp: a run directory keeps the umask's mode)
         except OSError as exc:
             raise UserError(f"cannot create a run directory in {root}: "
                             f"{exc.strerror or exc}; choose another folder with --output") \
                 from None
+        try:
+            fill(staging)
+            for i in range(1000):
+                candidate = root / (base if i == 0 else f"{base}-{i}")
+                if candidate.exists():  # rename() would replace an empty folder
+                    continue
+                try:
+                    os.rename(staging.path, candidate)
+                except (FileExistsError, IsADirectoryError, NotADirectoryError):
+                    continue
+                except OSError as exc:
+                    if exc.errno != errno.ENOTEMPTY:
+                        raise
+                    continue
+                _fsync_dir(root)
+                return cls(candidate)
+        except OSError as exc:
+            raise _write_error(root, exc) from None
+        finally:  # the staging folder is gone after the rename; otherwise remove it
+            shutil.rmtree(staging.path, ignore_errors=True)
         raise UserError(f"too many runs named {base!r} in {root}")
 
     @classmethod
@@ -236,13 +300,21 @@ class RunDir:
         tmp = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=self.checkpoints))
         try:
             yield tmp
-            manifest = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-            atomic_write_json(tmp / MANIFEST, manifest)
+            files = [p for p in sorted(tmp.iterdir()) if p.is_file()]
+            for file in files:  # TensorFlow does not fsync what it writes
+                _fsync_file(file)
+            atomic_write_json(tmp / MANIFEST, {p.name: sha256_file(p) for p in files})
             final = self.checkpoints / f"epoch-{epoch:04d}"
-            if final.exists():  # a retry of the same epoch after a crash: replace it
-                shutil.rmtree(final)
+            if final.exists():
+                # A re-run of an epoch after a crash (no pointer names the old folder any
+                # more): move it aside in one rename rather than deleting it in place, so
+                # a kill never leaves a half-deleted folder under a checkpoint's name.
+                stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=self.checkpoints))
+                os.replace(final, stale / final.name)
             os.replace(tmp, final)
             _fsync_dir(self.checkpoints)
+            for leftover in self.checkpoints.glob(".stale-*"):  # (prune also removes them)
+                shutil.rmtree(leftover, ignore_errors=True)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise _write_error(self.checkpoints, exc) from None
@@ -253,6 +325,17 @@ class RunDir:
     def point(self, which: str, epoch: int) -> None:
         """Point ``last``/``best`` at a complete checkpoint folder."""
         atomic_write_json(self.checkpoints / f"{which}.json", {"checkpoint": f"epoch-{epoch:04d}"})
+
+    def align_pointers(self, last: int, best: int | None) -> None:
+        """Point ``last``/``best`` at the checkpoints a resumed run's state names.
+
+        The two pointers are written one after the other, so a kill can leave one behind,
+        and a corrupt checkpoint that resume skipped may still be named by one. Before any
+        folder can be re-written or pruned, they must agree with the state we continue
+        from. (A best folder that no longer exists keeps its old pointer.)"""
+        self.point("last", last)
+        if best is not None and (self.checkpoints / f"epoch-{best:04d}").is_dir():
+            self.point("best", best)
 
     def prune(self) -> None:
         """Delete checkpoint folders no pointer refers to (and leftovers of crashes)."""
@@ -273,6 +356,8 @@ class RunDir:
         if not manifest_path.is_file():
             raise CorruptError(folder, "incomplete checkpoint (no manifest)")
         manifest = read_json(manifest_path)
+        if not isinstance(manifest, dict) or STATE not in manifest:
+            raise CorruptError(manifest_path, f"not a manifest of {STATE} and the weights")
         for name, digest in manifest.items():
             file = folder / name
             if not file.is_file():
@@ -281,12 +366,16 @@ class RunDir:
                 raise CorruptError(file, "checksum mismatch (truncated or modified)")
         return Checkpoint(folder, read_json(folder / STATE))
 
-    def load_checkpoint(self, which: str = "last", *, warn=print) -> Checkpoint:
+    def load_checkpoint(self, which: str = "last", *, warn=_warn) -> Checkpoint:
         """The ``last``/``best`` checkpoint; a corrupt one falls back to the newest good one."""
         if not self.checkpoints.is_dir():
             raise UserError(f"{self.path} has no checkpoints yet; start the run again "
                             "instead of resuming it")
         pointed = self._pointer(which)
+        pointer = self.checkpoints / f"{which}.json"
+        if pointed is None and pointer.exists():
+            warn(f"warning: {pointer} is unreadable (truncated or corrupted); using the "
+                 "newest complete checkpoint")
         candidates = sorted((p for p in self.checkpoints.glob("epoch-*") if p.is_dir()),
                             reverse=True)
         if pointed:

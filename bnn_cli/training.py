@@ -14,7 +14,9 @@ checkpoint and marks the run failed.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import re
 import signal
 import sys
 import time
@@ -27,7 +29,7 @@ import yaml
 
 from bnn_cli import data as datamod
 from bnn_cli._keras import keras, tf
-from bnn_cli.builder import build_model
+from bnn_cli.builder import build_model, error_text
 from bnn_cli.config import Config, Schedule, TrainingConfig, load_config
 from bnn_cli.errors import UserError
 from bnn_cli.registry import REGISTRY
@@ -183,9 +185,11 @@ class _Guard(keras.callbacks.Callback):
 class _Progress(keras.callbacks.Callback):
     """A progress bar per epoch, then one line with the epoch's metrics."""
 
-    def __init__(self, epochs: int, steps: int | None, stream=sys.stderr):
+    def __init__(self, epochs: int, steps: int | None, stream=None):
         super().__init__()
-        self.epochs, self.steps, self.stream = epochs, steps, stream
+        # sys.stderr as of now, not as of import: it may have been replaced since
+        # (a caller capturing output), and the old stream may be closed.
+        self.epochs, self.steps, self.stream = epochs, steps, stream or sys.stderr
         self.bar: keras.utils.Progbar | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -319,6 +323,31 @@ def prepare(config: Config, run: RunDir, data_dir: str | None) -> Job:
     return Job(config, run, model, data_dir, steps, checkpoint)
 
 
+def check_training_step(job: Job) -> None:
+    """Trace one training step (without running it) before a run directory is written.
+
+    Some config mistakes surface only when Keras traces the step: a layer argument of
+    the wrong type (``momentum: {}``), a loss that does not fit the labels
+    (``categorical_crossentropy`` without ``data.one_hot``). Found here they are config
+    errors, not a run directory whose first epoch crashed. ``fit`` reuses the trace.
+    """
+    spec = job.config.spec
+    train = datamod.load_split(spec.data, spec.data.train_split, training=True,
+                               batch_size=spec.training.batch_size,
+                               seed=_seed_for(spec.training.seed, 0), data_dir=job.data_dir)
+    try:
+        job.model.make_train_function().get_concrete_function(
+            tf.data.IteratorSpec(train.element_spec))
+    except (TypeError, ValueError, AttributeError, NotImplementedError,
+            tf.errors.OpError) as exc:
+        layer = re.search(r"calling layer ['\"]([^'\"]+)['\"]", str(exc))
+        where = f" (in layer {layer.group(1)!r})" if layer else ""
+        raise UserError(f"{job.config.path}: the model cannot be trained with this config"
+                        f"{where}: {error_text(exc)}. Check the layer arguments, and "
+                        "training.loss and training.metrics against the labels "
+                        "(data.one_hot)") from None
+
+
 def _epoch(job: Job, epoch: int, callbacks: list) -> dict[str, Any]:
     spec = job.config.spec
     training = spec.training
@@ -387,7 +416,10 @@ def run_loop(job: Job, state: LoopState) -> TrainResult:
     started = time.perf_counter() - state.wall_time
     with _signals_to(guard):
         while state.epoch < training.epochs:
-            row = _epoch(job, state.epoch, callbacks)
+            try:
+                row = _epoch(job, state.epoch, callbacks)
+            except Exception as exc:
+                raise _crashed(job, state, exc) from None
             if guard.bad_loss is not None:
                 return _fail_nan(job, state, guard)
             if guard.signal is not None and guard.bad_loss is None:
@@ -441,6 +473,32 @@ def _interrupted(job: Job, state: LoopState, guard: _Guard) -> TrainResult:
     return TrainResult(job.run.path, "interrupted", code, state.history or [])
 
 
+def _crashed(job: Job, state: LoopState, exc: Exception) -> Exception:
+    """Mark the run failed (run.json must not say "running" after a crash) and return
+    the exception to raise: an op that refused a value (InvalidArgumentError) is almost
+    always a config value only the running step could check, so a UserError."""
+    reason = _op_error_text(exc) if isinstance(exc, tf.errors.OpError) else error_text(exc)
+    with contextlib.suppress(UserError):  # (the disk may be what failed)
+        job.run.write_status(status="failed", epochs_done=state.epoch,
+                             error=f"epoch {state.epoch + 1}: {type(exc).__name__}: {reason}")
+    if isinstance(exc, tf.errors.InvalidArgumentError):
+        return UserError(f"{job.config.path}: training failed in epoch {state.epoch + 1}: "
+                         f"{reason}. Check the layer arguments in the config; the run is "
+                         "marked failed and its last good checkpoint is kept")
+    return exc
+
+
+def _op_error_text(exc: tf.errors.OpError) -> str:
+    """The reason in a TF op error: the line above ``[[{{node ...}}]]`` (after a stack of
+    where the op was defined), with the node, which names the layer."""
+    lines = [ln.strip() for ln in exc.message.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        node = re.search(r"\{\{node ([^}]+)\}\}", line)
+        if line.startswith("[[") and i:
+            return lines[i - 1][:300] + (f" (at {node.group(1)})" if node else "")
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
 def _fail_nan(job: Job, state: LoopState, guard: _Guard) -> TrainResult:
     job.run.write_status(status="failed", epochs_done=state.epoch,
                          error=f"non-finite loss {guard.bad_loss} at epoch {state.epoch + 1}, "
@@ -484,6 +542,7 @@ def train_from_config(config_path: str | Path, overrides: list[str], *,
     # Validate model and data before anything is written.
     probe = RunDir(Path(output_root))
     job = prepare(config, probe, data_dir)
+    check_training_step(job)
 
     def fill(run: RunDir) -> None:
         run.write_status(status="starting", name=config.name,
@@ -538,9 +597,16 @@ def resume_run(run_path: str | Path, *, data_dir: str | None = None) -> TrainRes
         sys.stderr.write(f"warning: {exc}; it will be rewritten\n")
         status = {}
     if status.get("status") == "completed":
-        raise UserError(f"{run.path} already completed; nothing to resume")
+        # Not an error: a kill can land after the run recorded its completion (while the
+        # process exits), and `--resume` after any kill must end with a finished run.
+        sys.stderr.write(f"{run.path} already completed; nothing to resume\n")
+        history = []
+        with contextlib.suppress(OSError, ValueError):
+            history = [json.loads(x) for x in run.file("metrics.jsonl").read_text().splitlines()]
+        return TrainResult(run.path, "completed", EXIT_OK, history)
     config, _ = load_run_config(run)
     job = prepare(config, run, data_dir)
+    check_training_step(job)  # (as a new run does: the same traces, the same numbers)
     if any(run.checkpoints.glob("epoch-*")):
         checkpoint = run.load_checkpoint("last")
         restore(job, checkpoint)

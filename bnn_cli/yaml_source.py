@@ -181,6 +181,11 @@ def apply_overrides(doc: Document, overrides: list[str]) -> None:
         path = parse_override_path(key.strip())
         value = parse_yaml(raw or "null", f"override #{i}").data if raw.strip() else None
         _set_path(doc, path, value, item)
+        # The replaced value's parts were written in the file; an error in the new value
+        # must point at the override, not at what used to be there.
+        for table in (doc.values, doc.keys):
+            for stale in [k for k in table if len(k) > len(path) and k[:len(path)] == path]:
+                del table[stale]
         doc.values[path] = Location(f"command-line override {item!r}")
 
 
