@@ -149,8 +149,22 @@ def _examples(builder: tfds.core.DatasetBuilder, data: schema.DataConfig, split:
             read_config=tfds.ReadConfig(try_autocache=False),
         )
         ds = ds.map(_example_fn(data, training), num_parallel_calls=AUTOTUNE)
-        _EXAMPLES[key] = ds.cache() if data.cache else ds
+        if data.cache:
+            ds = ds.cache()
+            _fill(ds, f"{builder.info.full_name} {split}")
+        _EXAMPLES[key] = ds
     return _EXAMPLES[key]
+
+
+def _fill(cached: tf.data.Dataset, what: str) -> None:
+    """Read a cached dataset once to the end, so its cache is complete and final.
+
+    Later pipelines share it; one that stops early (``steps_per_epoch``) or overlaps
+    with another must never meet a half-written cache.
+    """
+    sys.stderr.write(f"reading {what} into memory...\n")
+    for _ in cached.batch(4096).prefetch(AUTOTUNE):
+        pass
 
 
 # --- opening a dataset, and the errors a user can act on -----------------------------
