@@ -36,12 +36,14 @@ class EvalReport:
         from rich.table import Table
 
         where = f" ({self.checkpoint}, epoch {self.epoch})" if self.checkpoint else ""
-        table = Table(title=f"split {self.split!r}", caption=f"{self.target}{where}")
+        console = Console()
+        console.print(f"{self.target}{where} on split {self.split!r}", soft_wrap=True)
+        table = Table()
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in self.metrics.items():
             table.add_row(key, f"{value:.4f}")
-        Console().print(table)
+        console.print(table)
 
 
 def _load_model_file(path: Path):
