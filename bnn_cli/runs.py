@@ -84,17 +84,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise _write_error(path, exc) from None
-    try:
+
+    def write() -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise _write_error(path, exc) from None
-    _fsync_dir(path.parent)
+
+    _swap_in(Path(tmp), path, write)
 
 
 def atomic_save(path: str | Path, write: Callable[[Path], Any]) -> None:
@@ -103,9 +100,19 @@ def atomic_save(path: str | Path, write: Callable[[Path], Any]) -> None:
     could otherwise leave a half-written ``path`` behind."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.incomplete{path.suffix}")  # Keras checks the suffix
-    try:
+
+    def fill() -> None:
         write(tmp)
         _fsync_file(tmp)
+
+    _swap_in(tmp, path, fill)
+
+
+def _swap_in(tmp: Path, path: Path, fill: Callable[[], Any]) -> None:
+    """``fill()`` the temporary file, then rename it over ``path`` (atomic on POSIX) and
+    sync the folder; on failure remove the temporary file and keep ``path`` as it was."""
+    try:
+        fill()
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
