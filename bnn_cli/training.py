@@ -31,7 +31,7 @@ from bnn_cli import data as datamod
 from bnn_cli._keras import keras, tf
 from bnn_cli.builder import build_model, error_text
 from bnn_cli.config import Config, Schedule, TrainingConfig, load_config
-from bnn_cli.errors import UserError
+from bnn_cli.errors import UserError, did_you_mean
 from bnn_cli.registry import REGISTRY
 from bnn_cli.runs import (
     Checkpoint,
@@ -118,10 +118,8 @@ def _make_optimizer(spec: dict[str, Any], lr: Any) -> Any:
         args["learning_rate"] = lr
     cls = getattr(keras.optimizers, kind, None)
     if not isinstance(cls, type):
-        known = sorted(n for n in dir(keras.optimizers.legacy) if n[0].isupper()
+        known = sorted(n for n in dir(keras.optimizers) if n[0].isupper()
                        and n != "Optimizer") + REGISTRY.names("optimizer") + ["case"]
-        from bnn_cli.errors import did_you_mean
-
         raise UserError(f"training.optimizer: unknown optimizer {kind!r}"
                         f"{did_you_mean(kind, known)}")
     try:
@@ -311,14 +309,13 @@ def prepare(config: Config, run: RunDir, data_dir: str | None) -> Job:
     # training.flip_ratio: every kernel quantizer logs the share of weights that flipped.
     with metrics_scope(["flip_ratio"] if training.flip_ratio else []):
         model = build_model(config, input_shape=info.input_shape)
-    train_size = info.num_examples(config.spec.data.train_split)
-    steps = max(1, math.ceil(train_size / training.batch_size))
+    steps = max(1, info.steps_per_epoch(config.spec.data.train_split, training.batch_size))
     if training.steps_per_epoch:
         steps = min(steps, training.steps_per_epoch)
     _compile(config, model, steps)
     # Create the optimizer's slots now, so a checkpoint restores into them.
-    model.optimizer.build(model.trainable_variables) if hasattr(model.optimizer, "build") \
-        else None
+    if hasattr(model.optimizer, "build"):
+        model.optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     return Job(config, run, model, data_dir, steps, checkpoint)
 
@@ -351,8 +348,8 @@ def check_training_step(job: Job) -> None:
 def _epoch(job: Job, epoch: int, callbacks: list) -> dict[str, Any]:
     spec = job.config.spec
     training = spec.training
-    keras.utils.set_random_seed(_seed_for(training.seed, epoch) or 0) \
-        if training.seed is not None else None
+    if training.seed is not None:  # layers' own randomness (dropout) per (seed, epoch)
+        keras.utils.set_random_seed(_seed_for(training.seed, epoch))
     train = datamod.load_split(spec.data, spec.data.train_split, training=True,
                                batch_size=training.batch_size,
                                seed=_seed_for(training.seed, epoch), data_dir=job.data_dir)
