@@ -7,7 +7,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from bnn_cli._keras import keras
-from bnn_cli.registry import REGISTRY, Entry, first_doc_line, signature_params
+from bnn_cli.registry import register
 
 __all__ = ["HyperparameterScheduler"]
 
@@ -126,8 +126,4 @@ def _takes_two_args(fn: Callable[..., Any]) -> bool | None:
     return True
 
 
-REGISTRY.add(Entry(
-    kind="callback", name="HyperparameterScheduler", obj=HyperparameterScheduler,
-    params=signature_params(HyperparameterScheduler),
-    summary=first_doc_line(HyperparameterScheduler), builtin=True,
-))
+register("callback", HyperparameterScheduler)

@@ -48,7 +48,7 @@ def _echo_json(obj: Any) -> None:
 
 
 def _import_plugins(plugins: list[str] | None) -> None:
-    from bnn_cli.builder import import_plugin
+    from bnn_cli.spec.plugins import import_plugin
 
     for plugin in plugins or []:
         import_plugin(plugin)
@@ -72,19 +72,44 @@ def list_layers(json_: JsonFlag = False, plugin: Plugins = None,
 
 def _list_components(kind: str, json_: bool, plugins: list[str] | None,
                      config: Path | None) -> None:
-    from bnn_cli import catalog
+    from bnn_cli.registry import REGISTRY, load_builtins
 
     _import_plugins(plugins)
     if config is not None:
-        from bnn_cli.builder import load_plugins
-        from bnn_cli.config import load_config
+        from bnn_cli.spec.plugins import load_plugins
+        from bnn_cli.spec.schema import load_config
 
         load_plugins(load_config(config))
-    entries = catalog.entries(kind)
+    load_builtins()
+    entries = REGISTRY.entries(kind)
     if json_:
         _echo_json([e.as_dict() for e in entries])
     else:
-        catalog.print_table(kind, entries)
+        _print_table(kind, entries)
+
+
+def _print_table(kind: str, entries: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    # Piped output gets a wide table instead of rich's 80-column default.
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    table = Table(title=f"{len(entries)} {kind}s", show_lines=False)
+    table.add_column("name", style="bold")
+    table.add_column("aliases")
+    if kind == "quantizer":
+        table.add_column("bits", justify="right")
+    table.add_column("parameters")
+    table.add_column("summary")
+    for e in entries:
+        row = [e.name if e.builtin else f"{e.name} (custom)", ", ".join(e.aliases)]
+        if kind == "quantizer":
+            row.append("varies" if e.precision is None else str(e.precision))
+        params = ", ".join(p.name if p.required else f"{p.name}={p.default!r}"
+                           for p in e.params if p.name != "metrics")  # every quantizer's
+        row += [params if len(params) < 120 else params[:117] + "...", e.summary]
+        table.add_row(*row)
+    console.print(table)
 
 
 @app.command()
@@ -96,7 +121,7 @@ def check(
     data_dir: DataDir = None,
 ) -> None:
     """Validate a config, build its model and print the summary (no training)."""
-    from bnn_cli.checking import check_config
+    from bnn_cli.spec.report import check_config
 
     report = check_config(config, overrides or [], plugins=plugin or [], data_dir=data_dir)
     if json_:
@@ -112,11 +137,11 @@ def plot_quantizers(
     plugin: Plugins = None,
 ) -> None:
     """Draw every quantizer's forward value and pseudo-gradient on [-2, 2] as a PNG."""
-    from bnn_cli import catalog
     from bnn_cli.plots import plot_quantizers as draw
+    from bnn_cli.registry import load_builtins
 
     _import_plugins(plugin)
-    catalog.load_builtins()
+    load_builtins()
     names = draw(output)
     typer.echo(f"wrote {output} ({', '.join(names)})", err=True)
 
@@ -125,7 +150,7 @@ def plot_quantizers(
 def schema(output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write to this file instead of stdout.")] = None) -> None:
     """Print the JSON Schema of config files (for editors' YAML completion)."""
-    from bnn_cli.config import json_schema
+    from bnn_cli.spec.schema import json_schema
 
     text = json.dumps(json_schema(), indent=2)
     if output is None:
@@ -139,12 +164,17 @@ def schema(output: Annotated[Path | None, typer.Option(
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="The YAML config file.")],
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Argument(
+        metavar="CONFIG", show_default=False,
+        help="The YAML config file (not needed with --resume, which continues with the "
+             "run's stored config).")] = None,
     overrides: Overrides = None,
     output: Annotated[Path, typer.Option(help="Folder that holds the run directories.")] =
     Path("runs"),
     resume: Annotated[Path | None, typer.Option(
-        help="Continue this interrupted run directory from its last checkpoint.")] = None,
+        help="Continue this interrupted run directory from its last checkpoint, with the "
+             "config it was started with.")] = None,
     data_dir: DataDir = None,
     plugin: Plugins = None,
 ) -> None:
@@ -152,17 +182,35 @@ def train(
     from bnn_cli.training import resume_run, train_from_config
 
     if resume is not None:
-        result = resume_run(resume, data_dir=data_dir)
+        _refuse_overrides_on_resume(config, overrides or [], resume)
+        result = resume_run(resume, data_dir=data_dir, config_path=config)
+    elif config is None:
+        raise _click_exceptions().UsageError(
+            "Missing argument 'CONFIG': give the YAML config to train (e.g. bnn train "
+            "configs/quickstart.yaml), or --resume RUN_DIR to continue a run.", ctx)
     else:
         result = train_from_config(config, overrides or [], output_root=output,
                                    data_dir=data_dir, plugins=plugin or [])
     raise typer.Exit(result.exit_code)
 
 
+def _refuse_overrides_on_resume(config: Path | None, overrides: list[str],
+                                resume: Path) -> None:
+    """KEY=VALUE overrides cannot change a resumed run (a lone one lands in CONFIG)."""
+    if config is not None and "=" in str(config) and not config.exists():
+        overrides = [str(config), *overrides]
+    if overrides:
+        raise UserError(f"overrides ({' '.join(overrides)}) do not apply with --resume: "
+                        f"{resume} continues with the config and overrides it was started "
+                        "with. Drop them, or start a new run with `bnn train CONFIG "
+                        "KEY=VALUE ...`")
+
+
 @app.command("eval")
 def evaluate(
     target: Annotated[Path, typer.Argument(
-        help="A run directory, a checkpoint file it wrote, or a saved model file.")],
+        help="A run directory, a checkpoint folder (or a file in it) that a run wrote, "
+             "or a saved model file (.keras, .h5, .hdf5).")],
     split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the "
                                                    "config's test split).")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] =

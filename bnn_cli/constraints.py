@@ -15,12 +15,9 @@ import numbers
 from typing import Any
 
 from bnn_cli._keras import keras, tf
-from bnn_cli.registry import REGISTRY, Entry, first_doc_line, signature_params
+from bnn_cli.registry import register
 
 __all__ = ["WeightClip", "weight_clip"]
-
-_KERAS_PACKAGE = "bnn_cli"
-
 
 class WeightClip(keras.constraints.Constraint):
     r"""Clip every weight to [-clip_value, clip_value].
@@ -47,24 +44,6 @@ class WeightClip(keras.constraints.Constraint):
         return {"clip_value": self.clip_value}
 
 
-# A lowercase class, as Larq's: Keras resolves constraint strings to classes in its
-# custom objects and instantiates them with their defaults.
-class weight_clip(WeightClip):
-    """Alias of :class:`WeightClip`, so that ``kernel_constraint="weight_clip"`` works."""
+weight_clip = WeightClip  # Larq's lowercase spelling; the name resolves to WeightClip
 
-
-def _register_builtins() -> None:
-    custom_objects = keras.utils.get_custom_objects()
-    for cls in (WeightClip, weight_clip):
-        # "bnn_cli>Name" for the Keras format, the plain name for HDF5 files and for
-        # models saved by Larq (which registers plain names).
-        keras.saving.register_keras_serializable(_KERAS_PACKAGE, cls.__name__)(cls)
-        custom_objects[cls.__name__] = cls
-    REGISTRY.add(Entry(
-        kind="constraint", name="WeightClip", obj=WeightClip, aliases=("weight_clip",),
-        params=signature_params(WeightClip), summary=first_doc_line(WeightClip),
-        builtin=True,
-    ))
-
-
-_register_builtins()
+register("constraint", WeightClip, aliases=("weight_clip",))

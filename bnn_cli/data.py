@@ -36,9 +36,9 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import naming
 from tensorflow_datasets.core.utils import file_utils
 
-from bnn_cli import config as schema
 from bnn_cli import digits
 from bnn_cli.errors import UserError, did_you_mean
+from bnn_cli.spec import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
 EMBEDDED_DATASETS = frozenset({digits.NAME})

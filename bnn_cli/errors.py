@@ -7,6 +7,7 @@ user can fix it); anything else is a failure of the run itself (exit code 1).
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -36,3 +37,23 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     if not close and len(name) >= 3:  # an abbreviation: 'clip' for 'clip_value'
         close = sorted((k for k in by_lower if k.startswith(name.lower())), key=len)[:1]
     return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
+def error_text(exc: Exception) -> str:
+    """The line of a Keras/TensorFlow error that says what is wrong (for messages).
+
+    Keras wraps errors as 'Exception encountered when calling layer ...' with the call's
+    arguments after the reason; TensorFlow's op errors end with the reason above a
+    ``[[{{node NAME}}]]`` line, which names the layer.
+    """
+    text = getattr(exc, "message", None) or str(exc)
+    lines = [ln.strip() for ln in text.split("Call arguments received")[0].splitlines()
+             if ln.strip()]
+    for i, line in enumerate(lines):
+        node = re.search(r"\{\{node ([^}]+)\}\}", line)
+        if line.startswith("[[") and i:
+            return lines[i - 1][:300] + (f" (at {node.group(1)})" if node else "")
+    if "in user code:" in lines:  # then a stack of 'File ...' lines; the reason is last
+        return lines[-1][:300]
+    useful = [ln for ln in lines if not ln.startswith("Exception encountered")]
+    return (useful or lines or [type(exc).__name__])[0][:300]

@@ -21,7 +21,7 @@ from bnn_cli import activations as _activations  # noqa: F401  registers "hard_t
 from bnn_cli import constraints as _constraints  # noqa: F401  registers "weight_clip"
 from bnn_cli import quantizers
 from bnn_cli._keras import keras, tf
-from bnn_cli.registry import REGISTRY, Entry, Param, first_doc_line, signature_params
+from bnn_cli.registry import REGISTRY, NamedActivation, Param, register, signature_params
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,24 @@ def _kernel_quantizer(identifier: Any) -> Any:
     return quantizer
 
 
+def _own_names(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """bnn_cli's names in ``activation`` and ``*_constraint`` as bnn_cli's objects.
+
+    Keras would look them up in its global table, where Larq, imported after bnn_cli,
+    puts its own objects under the same names.
+    """
+    resolved = dict(kwargs)
+    for arg, value in kwargs.items():
+        if not isinstance(value, str):
+            continue
+        if arg == "activation" and (REGISTRY.find("activation", value)
+                                    or REGISTRY.find("quantizer", value)):
+            resolved[arg] = NamedActivation(value)
+        elif arg.endswith("_constraint") and (entry := REGISTRY.find("constraint", value)):
+            resolved[arg] = entry.obj()
+    return resolved
+
+
 def is_binary(quantizer: Any) -> bool:
     """A 1-bit quantizer that actually quantizes (``NoOp(precision=1)`` only marks)."""
     return getattr(quantizer, "precision", None) == 1 and not isinstance(
@@ -88,7 +106,7 @@ class QuantizerMixin:
 
     def __init__(self, *args: Any, input_quantizer: Any = None, **kwargs: Any):
         given = {arg: kwargs.pop(arg, None) for arg, _ in self._quantized_weights}
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **_own_names(kwargs))
         self.input_quantizer = quantizers.get(input_quantizer)
         for arg, value in given.items():
             setattr(self, arg, _kernel_quantizer(value))
@@ -290,16 +308,12 @@ def layer_params(cls: type) -> tuple[Param, ...]:
 
 
 def register_layer(cls: type | None = None, *, name: str | None = None,
-                   replace: bool = False, builtin: bool = False):
+                   replace: bool = False):
     """Register a Keras layer class so that YAML model specs can name it by ``type``."""
 
     def decorator(target: type) -> type:
-        entry = Entry(kind="layer", name=name or target.__name__, obj=target,
-                      params=layer_params(target), summary=first_doc_line(target),
-                      builtin=builtin)
-        REGISTRY.add(entry, replace=replace)
-        keras.saving.register_keras_serializable("bnn_cli", entry.name)(target)
-        return target
+        return register("layer", target, name=name, params=layer_params(target),
+                        replace=replace)
 
     return decorator if cls is None else decorator(cls)
 
@@ -314,17 +328,9 @@ def _keras_layer_classes() -> dict[type, list[str]]:
     return found
 
 
-def _register_builtins() -> None:
-    for cls in QUANT_LAYERS:
-        register_layer(cls, builtin=True)
-        # Plain class names too, so models saved by Larq load with these classes.
-        keras.utils.get_custom_objects()[cls.__name__] = cls
-    for cls, names in _keras_layer_classes().items():
-        name = cls.__name__ if cls.__name__ in names else names[0]
-        aliases = tuple(n for n in names if n != name)
-        entry = Entry(kind="layer", name=name, obj=cls, aliases=aliases,
-                      params=layer_params(cls), summary=first_doc_line(cls), builtin=True)
-        REGISTRY.add(entry)
-
-
-_register_builtins()
+for _cls in QUANT_LAYERS:
+    register_layer(_cls)
+for _cls, _names in _keras_layer_classes().items():
+    _name = _cls.__name__ if _cls.__name__ in _names else _names[0]
+    register("layer", _cls, name=_name, aliases=[n for n in _names if n != _name],
+             params=layer_params(_cls))

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 
 from bnn_cli._keras import keras, tf
-from bnn_cli.registry import REGISTRY, Entry, first_doc_line, signature_params
+from bnn_cli.registry import register
 
 __all__ = ["FlipRatio", "get_training_metrics", "metrics_scope"]
 
-_KERAS_PACKAGE = "bnn_cli"
 AVAILABLE_TRAINING_METRICS = frozenset({"flip_ratio"})
 
 
@@ -145,14 +144,4 @@ def get_training_metrics() -> set[str]:
     return _training_metrics
 
 
-def _register_builtins() -> None:
-    keras.saving.register_keras_serializable(_KERAS_PACKAGE)(FlipRatio)
-    custom_objects = keras.utils.get_custom_objects()
-    custom_objects["FlipRatio"] = custom_objects["flip_ratio"] = FlipRatio
-    REGISTRY.add(Entry(
-        kind="metric", name="FlipRatio", obj=FlipRatio, aliases=("flip_ratio",),
-        params=signature_params(FlipRatio), summary=first_doc_line(FlipRatio), builtin=True,
-    ))
-
-
-_register_builtins()
+register("metric", FlipRatio, aliases=("flip_ratio",))

@@ -31,7 +31,7 @@ from typing import Any
 
 from bnn_cli._keras import keras
 
-__all__ = ["LayerSummary", "ModelSummary", "summary", "summary_data"]
+__all__ = ["LayerSummary", "ModelSummary", "load_model", "summary", "summary_data"]
 
 MAC_LAYERS: tuple[type, ...] = (
     keras.layers.Conv1D,
@@ -426,6 +426,19 @@ def _shape_as_list(shape: Any) -> Any:
 # ---------------------------------------------------------------------------------------
 # Printing.
 # ---------------------------------------------------------------------------------------
+
+
+def load_model(path: Any, **kwargs: Any) -> keras.Model:
+    """``keras.models.load_model`` with every plain name resolving to bnn_cli's classes.
+
+    Models saved by Larq name their layers and quantizers by plain class names; loaded
+    here they become bnn_cli's, even when Larq (which registers the same names with
+    Keras) is imported in the same process.
+    """
+    from bnn_cli.registry import keras_scope
+
+    with keras_scope():
+        return keras.models.load_model(path, **kwargs)
 
 
 def summary(model: keras.Model, print_fn: Callable[[str], Any] | None = None,

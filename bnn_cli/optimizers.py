@@ -27,11 +27,10 @@ from typing import Any
 
 from bnn_cli import math as bmath
 from bnn_cli._keras import keras, tf
-from bnn_cli.registry import REGISTRY, Entry, first_doc_line, signature_params
+from bnn_cli.registry import PACKAGE, keras_scope, register
 
 __all__ = ["Bop", "CaseOptimizer"]
 
-_KERAS_PACKAGE = "bnn_cli"
 
 Optimizer = keras.optimizers.Optimizer
 LegacyOptimizer = keras.optimizers.legacy.Optimizer
@@ -458,8 +457,9 @@ class CaseOptimizer(Optimizer):
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> CaseOptimizer:
         """Rebuild from :meth:`get_config` (also reads Larq's CaseOptimizer configs)."""
-        optimizers = [keras.optimizers.deserialize(c, custom_objects=custom_objects)
-                      for c in config["optimizer_configs"]]
+        with keras_scope():  # "Bop" is bnn_cli's Bop, even where Larq holds the name
+            optimizers = [keras.optimizers.deserialize(c, custom_objects=custom_objects)
+                          for c in config["optimizer_configs"]]
         names = config.get("predicates") or [None] * len(optimizers)
         predicates = [
             (keras.saving.get_registered_object(n, custom_objects) if n else None)
@@ -516,16 +516,7 @@ def _check_pair(index: int, pair: Any) -> None:
                         f"{type(optimizer).__name__}")
 
 
-def _register_builtins() -> None:
-    custom_objects = keras.utils.get_custom_objects()
-    keras.saving.register_keras_serializable(_KERAS_PACKAGE, "is_binary_variable")(
-        Bop.is_binary_variable)
-    for cls in (Bop, CaseOptimizer):
-        keras.saving.register_keras_serializable(_KERAS_PACKAGE)(cls)
-        custom_objects[cls.__name__] = cls
-        REGISTRY.add(Entry(kind="optimizer", name=cls.__name__, obj=cls,
-                           params=signature_params(cls), summary=first_doc_line(cls),
-                           builtin=True))
-
-
-_register_builtins()
+# CaseOptimizer saves the registered names of its predicates.
+keras.saving.register_keras_serializable(PACKAGE, "is_binary_variable")(Bop.is_binary_variable)
+register("optimizer", Bop)
+register("optimizer", CaseOptimizer)

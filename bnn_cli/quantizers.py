@@ -24,7 +24,7 @@ from typing import Any
 from bnn_cli import math as bmath
 from bnn_cli._keras import keras, tf
 from bnn_cli.errors import UserError
-from bnn_cli.registry import REGISTRY, Entry, first_doc_line, signature_params
+from bnn_cli.registry import REGISTRY, NamedActivation, register
 
 __all__ = [
     "ApproxSign",
@@ -35,7 +35,6 @@ __all__ = [
     "NoOp",
     "NoOpQuantizer",
     "Quantizer",
-    "QuantizerActivation",
     "SteHeaviside",
     "SteSign",
     "SteTern",
@@ -458,62 +457,6 @@ DoReFaQuantizer = DoReFa
 # Registration, lookup and serialization.
 # ---------------------------------------------------------------------------------------
 
-_KERAS_PACKAGE = "bnn_cli"
-
-
-class QuantizerActivation:
-    """A registered quantizer used as a Keras activation, by name.
-
-    ``Dense(10, activation="ste_sign")`` and ``Activation("ste_sign")`` resolve to one of
-    these. It is an object with ``get_config`` rather than a plain function because
-    tf-keras serializes custom *functions* in a form its own HDF5 loader cannot read;
-    a registered object round-trips through both the Keras and the HDF5 formats.
-    """
-
-    def __init__(self, name: str):
-        self.name = self.__name__ = name
-        self._quantize: Callable[[tf.Tensor], tf.Tensor] | None = None
-
-    @property
-    def precision(self) -> int | None:
-        return REGISTRY.get("quantizer", self.name).precision
-
-    def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        if self._quantize is None:
-            obj = REGISTRY.get("quantizer", self.name).obj
-            # A default-configured quantizer's `quantize`: the same values as the layer,
-            # without creating an untracked sub-layer inside the caller's `call`.
-            if inspect.isclass(obj):
-                instance = obj()
-                # A quantizer written the Larq way overrides `call`, not `quantize`.
-                self._quantize = getattr(instance, "quantize", instance)
-            else:
-                self._quantize = obj
-        return self._quantize(x)
-
-    def get_config(self) -> dict[str, str]:
-        return {"name": self.name}
-
-    @classmethod
-    def from_config(cls, config: dict[str, str]) -> QuantizerActivation:
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        return f"QuantizerActivation({self.name!r})"
-
-
-def _register_with_keras(entry: Entry) -> None:
-    """Make a quantizer resolvable by Keras: as a serializable class and as activations."""
-    custom_objects = keras.utils.get_custom_objects()
-    if inspect.isclass(entry.obj):
-        # Serializable under "bnn_cli>Name"; the plain name too, so that models saved by
-        # Larq (which registers plain class names) load with bnn_cli's classes.
-        keras.saving.register_keras_serializable(_KERAS_PACKAGE, entry.name)(entry.obj)
-        custom_objects[entry.name] = entry.obj
-    names = entry.aliases if inspect.isclass(entry.obj) else entry.names
-    for name in names:
-        custom_objects[name] = QuantizerActivation(name)
-
 
 def register_quantizer(
     obj: Any = None,
@@ -523,7 +466,6 @@ def register_quantizer(
     precision: int | None = None,
     summary: str | None = None,
     replace: bool = False,
-    builtin: bool = False,
 ):
     """Register a quantizer class or function so that it can be named by string.
 
@@ -534,40 +476,20 @@ def register_quantizer(
     """
     if isinstance(obj, str):  # @register_quantizer("my_sign")
         return register_quantizer(name=obj, aliases=aliases, precision=precision,
-                                  summary=summary, replace=replace, builtin=builtin)
+                                  summary=summary, replace=replace)
 
     def decorator(target: Any) -> Any:
         is_class = inspect.isclass(target)
         if is_class and not issubclass(target, keras.layers.Layer):
             raise UserError(f"quantizer class {target.__name__} must subclass "
                             "bnn_cli.quantizers.Quantizer (a Keras layer)")
-        entry_name = name or target.__name__
         bits = precision if precision is not None else getattr(target, "precision", None)
         if not is_class and bits is not None:
             target.precision = bits  # read by summaries and optimizers, as Larq does
-        entry = Entry(
-            kind="quantizer",
-            name=entry_name,
-            obj=target,
-            aliases=tuple(aliases),
-            precision=bits,
-            params=signature_params(target, skip=() if is_class else _first_arg(target)),
-            summary=summary or first_doc_line(target),
-            builtin=builtin,
-        )
-        REGISTRY.add(entry, replace=replace)
-        _register_with_keras(entry)
-        return target
+        return register("quantizer", target, name=name, aliases=aliases, precision=bits,
+                        summary=summary, replace=replace)
 
     return decorator if obj is None else decorator(obj)
-
-
-def _first_arg(fn: Any) -> tuple[str, ...]:
-    try:
-        params = list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return ()
-    return tuple(params[:1])
 
 
 def get(identifier: Any) -> QuantizerLike | None:
@@ -618,27 +540,22 @@ def deserialize(config: dict | str) -> QuantizerLike | None:
         return get(config)
     class_name = config.get("registered_name") or config["class_name"]
     class_name = class_name.split(">")[-1]
+    if class_name == NamedActivation.__name__:  # a quantizer used as an activation
+        return NamedActivation.from_config(dict(config.get("config") or {}))
     entry = REGISTRY.get("quantizer", class_name)
     if not inspect.isclass(entry.obj):
         return entry.obj
     return entry.obj.from_config(dict(config.get("config") or {}))
 
 
-def _register_builtins() -> None:
-    keras.saving.register_keras_serializable(_KERAS_PACKAGE)(QuantizerActivation)
-    keras.utils.get_custom_objects()["QuantizerActivation"] = QuantizerActivation
-    builtins = {
-        SteSign: ("ste_sign",),
-        ApproxSign: ("approx_sign",),
-        SwishSign: ("swish_sign",),
-        SteHeaviside: ("ste_heaviside",),
-        SteTern: ("ste_tern",),
-        DoReFa: ("dorefa_quantizer",),
-        MagnitudeAwareSign: ("magnitude_aware_sign",),
-        NoOp: (),
-    }
-    for cls, aliases in builtins.items():
-        register_quantizer(cls, aliases=aliases, builtin=True)
-
-
-_register_builtins()
+for _cls, _aliases in {
+    SteSign: ("ste_sign",),
+    ApproxSign: ("approx_sign",),
+    SwishSign: ("swish_sign",),
+    SteHeaviside: ("ste_heaviside",),
+    SteTern: ("ste_tern",),
+    DoReFa: ("dorefa_quantizer",),
+    MagnitudeAwareSign: ("magnitude_aware_sign",),
+    NoOp: (),
+}.items():
+    register_quantizer(_cls, aliases=_aliases)

@@ -182,9 +182,14 @@ def _warn(message: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+"""A name usable as one folder name (no separators, no '..', not hidden) and as a
+TensorFlow name scope (which must not start with '_' or '-')."""
+
+
 def safe_name(name: str) -> str:
-    """A run name usable as one folder name: no separators, no '..', no hidden files."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip(".-") or "run"
+    """``name`` made to match :data:`NAME_PATTERN` (the one sanitizer of names)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).lstrip("._-").rstrip(".-") or "run"
     return cleaned[:80]
 
 
@@ -414,3 +419,13 @@ def find_run_dir(target: Path) -> RunDir | None:
         if (candidate / RUN_FILE).is_file():
             return RunDir(candidate)
     return None
+
+
+def child_runs(folder: Path) -> list[RunDir]:
+    """The run directories directly inside ``folder`` (e.g. ``runs/``), by name; hidden
+    ``.incomplete-*`` staging folders are not runs."""
+    with contextlib.suppress(OSError):
+        return [RunDir(p) for p in sorted(folder.iterdir())
+                if p.is_dir() and not p.name.startswith(".")
+                and ((p / RUN_FILE).is_file() or (p / "config.yaml").is_file())]
+    return []

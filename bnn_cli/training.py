@@ -29,10 +29,7 @@ import yaml
 
 from bnn_cli import data as datamod
 from bnn_cli._keras import keras, tf
-from bnn_cli.builder import build_model, error_text
-from bnn_cli.config import Config, Schedule, TrainingConfig, load_config
-from bnn_cli.errors import UserError, did_you_mean
-from bnn_cli.registry import REGISTRY
+from bnn_cli.errors import UserError, error_text
 from bnn_cli.runs import (
     Checkpoint,
     RunDir,
@@ -41,6 +38,9 @@ from bnn_cli.runs import (
     atomic_write_text,
     read_json,
 )
+from bnn_cli.spec.builder import build_model, build_optimizer
+from bnn_cli.spec.checks import CheckedConfig, check
+from bnn_cli.spec.schema import Config, TrainingConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
 
@@ -54,95 +54,8 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------
-# Learning rate and optimizers
+# The learning rate, for the logs
 # ---------------------------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable("bnn_cli")
-class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A :class:`~bnn_cli.config.Schedule` (written in epochs) evaluated per step.
-
-    Warm-up rises linearly from ``initial / warmup_steps`` to ``initial``; then:
-    constant; exponential ``initial * decay_rate^(t / decay_epochs)``; piecewise
-    constant over epoch ``boundaries``; cosine from ``initial`` to ``alpha * initial``
-    over the remaining epochs (``t`` in epochs after warm-up).
-    """
-
-    def __init__(self, schedule: dict[str, Any], steps_per_epoch: int, total_epochs: int):
-        self.schedule = dict(schedule)
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.total_epochs = int(total_epochs)
-
-    def __call__(self, step):
-        s = Schedule(**self.schedule)
-        step = tf.cast(step, tf.float32)
-        spe = float(max(self.steps_per_epoch, 1))
-        warmup = s.warmup_epochs * spe
-        t = tf.maximum(step - warmup, 0.0) / spe  # epochs after warm-up
-        if s.type == "exponential":
-            lr = s.initial * tf.pow(s.decay_rate, t / s.decay_epochs)
-        elif s.type == "piecewise":
-            values = s.values or [s.initial]
-            lr = tf.constant(values[-1], tf.float32)
-            for boundary, value in reversed(list(zip(s.boundaries, values, strict=False))):
-                lr = tf.where(step / spe < boundary, value, lr)
-        elif s.type == "cosine":
-            span = max(self.total_epochs - s.warmup_epochs, 1e-9)
-            cosine = 0.5 * (1 + tf.cos(math.pi * tf.minimum(t / span, 1.0)))
-            lr = s.initial * (s.alpha + (1 - s.alpha) * cosine)
-        else:
-            lr = tf.constant(s.initial, tf.float32)
-        if warmup > 0:
-            lr = tf.where(step < warmup, s.initial * (step + 1) / warmup, lr)
-        return lr
-
-    def get_config(self):
-        return {"schedule": self.schedule, "steps_per_epoch": self.steps_per_epoch,
-                "total_epochs": self.total_epochs}
-
-
-def learning_rate(training: TrainingConfig, steps_per_epoch: int) -> Any:
-    if isinstance(training.learning_rate, float | int):
-        return float(training.learning_rate)
-    return EpochSchedule(training.learning_rate.model_dump(), steps_per_epoch,
-                         training.epochs)
-
-
-def _make_optimizer(spec: dict[str, Any], lr: Any) -> Any:
-    kind = spec.get("type", "Adam")
-    args = {k: v for k, v in spec.items() if k != "type"}
-    entry = REGISTRY.find("optimizer", kind)
-    if entry is not None:  # Bop and other bnn_cli optimizers
-        return entry.obj(**args)
-    if "learning_rate" not in args:
-        args["learning_rate"] = lr
-    cls = getattr(keras.optimizers, kind, None)
-    if not isinstance(cls, type):
-        known = sorted(n for n in dir(keras.optimizers) if n[0].isupper()
-                       and n != "Optimizer") + REGISTRY.names("optimizer") + ["case"]
-        raise UserError(f"training.optimizer: unknown optimizer {kind!r}"
-                        f"{did_you_mean(kind, known)}")
-    try:
-        return cls(**args)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"training.optimizer: {kind}: {exc}") from None
-
-
-def make_optimizer(training: TrainingConfig, steps_per_epoch: int) -> Any:
-    """The optimizer a config asks for; ``type: case`` pairs one for binary weights
-    (``binary:``, e.g. Bop) with one for everything else (``default:``)."""
-    import bnn_cli.optimizers as bopt  # registers Bop & CaseOptimizer
-
-    lr = learning_rate(training, steps_per_epoch)
-    spec = {"type": training.optimizer.type, **training.optimizer.args}
-    if spec["type"].lower() != "case":
-        return _make_optimizer(spec, lr)
-    binary = spec.get("binary", {"type": "Bop"})
-    default = spec.get("default", {"type": "Adam"})
-    return bopt.CaseOptimizer(
-        (bopt.Bop.is_binary_variable, _make_optimizer(binary, lr)),
-        default_optimizer=_make_optimizer(default, lr),
-    )
 
 
 def current_lr(optimizer: Any) -> float | None:
@@ -246,25 +159,39 @@ class LoopState:
     history: list[dict[str, Any]] | None = None
     best_value: float | None = None
     best_epoch: int | None = None
+    stop_best: float | None = None  # best value of early stopping's metric
     wait: int = 0  # epochs without improvement, for early stopping
     wall_time: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "history": self.history or [],
                 "best_value": self.best_value, "best_epoch": self.best_epoch,
-                "wait": self.wait, "wall_time": self.wall_time}
+                "stop_best": self.stop_best, "wait": self.wait, "wall_time": self.wall_time}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoopState:
         return cls(epoch=int(d["epoch"]), history=list(d.get("history") or []),
                    best_value=d.get("best_value"), best_epoch=d.get("best_epoch"),
+                   stop_best=d.get("stop_best", d.get("best_value")),
                    wait=int(d.get("wait", 0)), wall_time=float(d.get("wall_time", 0.0)))
 
 
 def monitor_mode(training: TrainingConfig, monitor: str) -> str:
-    if training.monitor_mode != "auto":
+    """Whether ``monitor`` improves downwards ("min") or upwards ("max")."""
+    if training.monitor_mode != "auto" and monitor == training.monitor:
         return training.monitor_mode
     return "min" if "loss" in monitor or "error" in monitor else "max"
+
+
+def _count_patience(training: TrainingConfig, state: LoopState, row: dict[str, Any]) -> None:
+    """Early stopping's count of epochs without an improvement of its own metric (by
+    more than ``min_delta``), which may differ from the metric that picks the best."""
+    stop = training.early_stopping
+    name = stop.monitor or training.monitor
+    if _improved(row[name], state.stop_best, monitor_mode(training, name), stop.min_delta):
+        state.stop_best, state.wait = row[name], 0
+    else:
+        state.wait += 1
 
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -277,29 +204,31 @@ def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.
 class Job:
     """Everything one training run works with."""
 
-    config: Config
+    checked: CheckedConfig
     run: RunDir
     model: keras.Model
-    data_dir: str | None
-    steps_per_epoch: int
     checkpoint: tf.train.Checkpoint
+
+    @property
+    def config(self) -> Config:
+        return self.checked.config
+
+    @property
+    def data_dir(self) -> str | None:
+        return self.checked.data_dir
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.checked.steps_per_epoch
 
 
 def _seed_for(seed: int | None, epoch: int) -> int | None:
     return None if seed is None else seed * 1_000_003 + epoch
 
 
-def _compile(config: Config, model: keras.Model, steps: int) -> None:
-    training = config.spec.training
-    model.compile(optimizer=make_optimizer(training, steps), loss=training.loss,
-                  metrics=list(training.metrics))
-
-
-def prepare(config: Config, run: RunDir, data_dir: str | None) -> Job:
-    """Build model, optimizer and data facts for a config (new run or resume)."""
-    training = config.spec.training
-    data_dir = datamod.resolve_data_dir(config.spec.data.data_dir, data_dir)
-    info = datamod.dataset_info(config.spec.data, data_dir)
+def prepare(checked: CheckedConfig, run: RunDir) -> Job:
+    """Build the model and the optimizer of a checked config (new run or resume)."""
+    training = checked.spec.training
     if training.seed is not None:
         keras.utils.set_random_seed(training.seed)
     if training.deterministic:
@@ -308,16 +237,14 @@ def prepare(config: Config, run: RunDir, data_dir: str | None) -> Job:
 
     # training.flip_ratio: every kernel quantizer logs the share of weights that flipped.
     with metrics_scope(["flip_ratio"] if training.flip_ratio else []):
-        model = build_model(config, input_shape=info.input_shape)
-    steps = max(1, info.steps_per_epoch(config.spec.data.train_split, training.batch_size))
-    if training.steps_per_epoch:
-        steps = min(steps, training.steps_per_epoch)
-    _compile(config, model, steps)
+        model = build_model(checked)
+    model.compile(optimizer=build_optimizer(training, checked.steps_per_epoch),
+                  loss=training.loss, metrics=list(training.metrics))
     # Create the optimizer's slots now, so a checkpoint restores into them.
     if hasattr(model.optimizer, "build"):
         model.optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    return Job(config, run, model, data_dir, steps, checkpoint)
+    return Job(checked, run, model, checkpoint)
 
 
 def check_training_step(job: Job) -> None:
@@ -423,16 +350,12 @@ def run_loop(job: Job, state: LoopState) -> TrainResult:
                 return _interrupted(job, state, guard)
             state.epoch += 1
             state.history.append(row)
-            value = row.get(monitor)
-            if value is None:
-                raise UserError(f"training.monitor: metric {monitor!r} is not logged; logged "
-                                f"metrics: {', '.join(k for k in row if k != 'epoch')}")
-            improved = _improved(value, state.best_value, mode,
-                                 stop.min_delta if stop else 0.0)
+            value = row[monitor]  # (checks made sure that it is logged)
+            improved = _improved(value, state.best_value, mode)
             if improved:
-                state.best_value, state.best_epoch, state.wait = value, state.epoch, 0
-            else:
-                state.wait += 1
+                state.best_value, state.best_epoch = value, state.epoch
+            if stop:
+                _count_patience(training, state, row)
             state.wall_time = time.perf_counter() - started
             _save_checkpoint(job, state, improved)
             sys.stderr.write(_format_row(row) + ("  (best)" if improved else "") + "\n")
@@ -447,16 +370,73 @@ def run_loop(job: Job, state: LoopState) -> TrainResult:
 
 
 def _finish(job: Job, state: LoopState) -> TrainResult:
+    """Save the final model, evaluate the checkpoint chosen on validation on the test
+    split, and only then mark the run completed (a kill before that leaves it resumable)."""
     run = job.run
     atomic_save(run.file("model.keras"), job.model.save)
     _plot_curves(job, state)
     final = state.history[-1] if state.history else {}
-    run.write_status(status="completed", epochs_done=state.epoch, final=final,
-                     best={job.config.spec.training.monitor: state.best_value,
-                           "epoch": state.best_epoch},
-                     wall_time=round(state.wall_time, 2))
+    results = {"epochs_done": state.epoch, "final": final,
+               "best": {job.config.spec.training.monitor: state.best_value,
+                        "epoch": state.best_epoch},
+               "wall_time": round(state.wall_time, 2)}
+    try:
+        test = _test_evaluation(job)
+    except Exception as exc:  # noqa: BLE001 - the trained run must not be lost
+        return _test_failed(job, state, results, exc)
+    if "error" in run.read_status_safely():  # (left by an earlier failure that resume fixed)
+        results["error"] = None
+    run.write_status(status="completed", **results, test=test)
+    sys.stderr.write(_test_line(test) + "\n")
     sys.stderr.write(f"done: {run.path}\n")
     return TrainResult(run.path, "completed", EXIT_OK, state.history or [])
+
+
+def _test_evaluation(job: Job) -> dict[str, Any]:
+    """run.json's ``test`` entry: the checkpoint chosen on validation (``best``; ``last``
+    without one) evaluated on ``data.test_split``, and how it was chosen."""
+    from bnn_cli.evaluation import evaluate_checkpoint, selection
+
+    run, spec = job.run, job.config.spec
+    pointer = "best" if (run.checkpoints / "best.json").is_file() else "last"
+    checkpoint = run.load_checkpoint(pointer)
+    selected_on = selection(job.config) if pointer == "best" else None
+    report = evaluate_checkpoint(job, checkpoint, spec.data.test_split, str(run.path),
+                                 pointer, selected_on)
+    test = {"split": report.split, "checkpoint": report.checkpoint, "epoch": report.epoch,
+            "pointer": pointer, "selected_on": selected_on, "metrics": report.metrics}
+    if report.warning:
+        test["warning"] = report.warning
+        sys.stderr.write(f"warning: {report.warning}\n")
+    return test
+
+
+def _test_line(test: dict[str, Any]) -> str:
+    """``test on split 'test': accuracy 0.9333  loss 0.2101 (best checkpoint ...)``."""
+    from bnn_cli.evaluation import describe_selection
+
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in test["metrics"].items())
+    how = describe_selection(test["pointer"], test["checkpoint"], test["selected_on"])
+    return f"test on split {test['split']!r}: {metrics} ({how})"
+
+
+def _test_failed(job: Job, state: LoopState, results: dict[str, Any],
+                 exc: Exception) -> TrainResult:
+    """Training finished but the test evaluation did not: keep everything, mark the run
+    failed with the reason; ``--resume`` retries the test evaluation (no more training)."""
+    run, split = job.run, job.config.spec.data.test_split
+    reason = error_text(exc)
+    why = f"the test evaluation on split {split!r} failed: {type(exc).__name__}: {reason}"
+    with contextlib.suppress(UserError):  # (the disk may be what failed)
+        run.write_status(status="failed", **results, error=why,
+                         test={"split": split, "error": why})
+    message = (f"training finished but {why}. The run is marked failed; its checkpoints and "
+               f"model.keras are kept, and `bnn train --resume {run.path}` retries the test "
+               "evaluation without training again")
+    if isinstance(exc, UserError):
+        raise UserError(message) from None
+    sys.stderr.write(f"error: {message}\n")
+    return TrainResult(run.path, "failed", EXIT_FAILED, state.history or [])
 
 
 def _interrupted(job: Job, state: LoopState, guard: _Guard) -> TrainResult:
@@ -474,7 +454,7 @@ def _crashed(job: Job, state: LoopState, exc: Exception) -> Exception:
     """Mark the run failed (run.json must not say "running" after a crash) and return
     the exception to raise: an op that refused a value (InvalidArgumentError) is almost
     always a config value only the running step could check, so a UserError."""
-    reason = _op_error_text(exc) if isinstance(exc, tf.errors.OpError) else error_text(exc)
+    reason = error_text(exc)
     with contextlib.suppress(UserError):  # (the disk may be what failed)
         job.run.write_status(status="failed", epochs_done=state.epoch,
                              error=f"epoch {state.epoch + 1}: {type(exc).__name__}: {reason}")
@@ -483,17 +463,6 @@ def _crashed(job: Job, state: LoopState, exc: Exception) -> Exception:
                          f"{reason}. Check the layer arguments in the config; the run is "
                          "marked failed and its last good checkpoint is kept")
     return exc
-
-
-def _op_error_text(exc: tf.errors.OpError) -> str:
-    """The reason in a TF op error: the line above ``[[{{node ...}}]]`` (after a stack of
-    where the op was defined), with the node, which names the layer."""
-    lines = [ln.strip() for ln in exc.message.splitlines() if ln.strip()]
-    for i, line in enumerate(lines):
-        node = re.search(r"\{\{node ([^}]+)\}\}", line)
-        if line.startswith("[[") and i:
-            return lines[i - 1][:300] + (f" (at {node.group(1)})" if node else "")
-    return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
 def _fail_nan(job: Job, state: LoopState, guard: _Guard) -> TrainResult:
@@ -531,15 +500,13 @@ def _write_run_files(run: RunDir, config: Config, overrides: list[str], model: k
 def train_from_config(config_path: str | Path, overrides: list[str], *,
                       output_root: str | Path = "runs", data_dir: str | None = None,
                       plugins: list[str] | None = None) -> TrainResult:
-    """``bnn train CONFIG``: validate, build, create a run directory and train."""
+    """``bnn train CONFIG``: check, build, create a run directory and train."""
     plugins = list(plugins or [])
-    from bnn_cli.builder import load_checked_config
-
-    config = load_checked_config(config_path, overrides, plugins)
-    # Validate model and data before anything is written.
-    probe = RunDir(Path(output_root))
-    job = prepare(config, probe, data_dir)
+    checked = check(config_path, overrides, plugins=plugins, data_dir=data_dir)
+    # Build and trace before anything is written.
+    job = prepare(checked, RunDir(Path(output_root)))
     check_training_step(job)
+    config = checked.config
 
     def fill(run: RunDir) -> None:
         run.write_status(status="starting", name=config.name,
@@ -552,21 +519,17 @@ def train_from_config(config_path: str | Path, overrides: list[str], *,
     return run_loop(job, LoopState())
 
 
-def load_run_config(run: RunDir) -> tuple[Config, list[str]]:
-    """The config a run was started with (plus its overrides), relative paths intact."""
+def load_run_config(run: RunDir, data_dir: str | None = None) -> CheckedConfig:
+    """The config a run was started with (with its overrides and plugins), checked."""
     extras = read_json(run.file("overrides.json")) if run.file("overrides.json").is_file() \
         else {}
     if not isinstance(extras, dict):
         raise UserError(f"{run.file('overrides.json')} is corrupted: not a JSON object")
-    overrides = list(extras.get("overrides", []))
-    config = load_config(run.file("config.yaml"), overrides)
     source = run.read_status_safely().get("config_path")
-    if source:  # plugins are relative to the original config's folder
-        config.path = Path(source)
-    from bnn_cli.builder import load_plugins
-
-    load_plugins(config, extras.get("plugins", []))
-    return config, overrides
+    return check(run.file("config.yaml"), list(extras.get("overrides", [])),
+                 plugins=extras.get("plugins", []), data_dir=data_dir,
+                 # plugins are relative to the original config's folder
+                 plugin_base=Path(source).parent if source else None)
 
 
 def restore(job: Job, checkpoint: Checkpoint, *, partial: bool = False) -> None:
@@ -585,9 +548,13 @@ def restore(job: Job, checkpoint: Checkpoint, *, partial: bool = False) -> None:
                         "after training?") from None
 
 
-def resume_run(run_path: str | Path, *, data_dir: str | None = None) -> TrainResult:
-    """``bnn train --resume RUN_DIR``: continue from the last good checkpoint."""
+def resume_run(run_path: str | Path, *, data_dir: str | None = None,
+               config_path: str | Path | None = None) -> TrainResult:
+    """``bnn train [CONFIG] --resume RUN_DIR``: continue from the last good checkpoint,
+    with the run's stored config (a given ``config_path`` is only compared with it)."""
     run = RunDir.open(run_path)
+    if config_path is not None:
+        _warn_if_config_differs(run, Path(config_path))
     try:
         status = run.read_status()
     except UserError as exc:  # run.json is rewritten below; the checkpoints hold the state
@@ -601,8 +568,8 @@ def resume_run(run_path: str | Path, *, data_dir: str | None = None) -> TrainRes
         with contextlib.suppress(OSError, ValueError):
             history = [json.loads(x) for x in run.file("metrics.jsonl").read_text().splitlines()]
         return TrainResult(run.path, "completed", EXIT_OK, history)
-    config, _ = load_run_config(run)
-    job = prepare(config, run, data_dir)
+    job = prepare(load_run_config(run, data_dir), run)
+    config = job.config
     check_training_step(job)  # (as a new run does: the same traces, the same numbers)
     if any(run.checkpoints.glob("epoch-*")):
         checkpoint = run.load_checkpoint("last")
@@ -617,5 +584,30 @@ def resume_run(run_path: str | Path, *, data_dir: str | None = None) -> TrainRes
     run.write_metrics(state.history or [])
     run.write_status(status="running", epochs_done=state.epoch)
     sys.stderr.write(f"resuming {run.path} after epoch {state.epoch}\n")
+    if _training_done(config.spec.training, state):  # killed (or failed) while finishing
+        return _finish(job, state)
     return run_loop(job, state)
 
+
+def _training_done(training: TrainingConfig, state: LoopState) -> bool:
+    """Whether the loop would train no further epoch from ``state`` (all epochs done, or
+    early stopping already triggered)."""
+    stop = training.early_stopping
+    return state.epoch >= training.epochs or bool(stop and state.wait > stop.patience)
+
+
+def _warn_if_config_differs(run: RunDir, given: Path) -> None:
+    """CONFIG given with --resume is not read: say so if it differs from the stored one."""
+    stored = run.file("config.yaml")
+    if not stored.is_file():
+        return
+    try:
+        same = given.read_bytes() == stored.read_bytes()
+    except OSError as exc:
+        same, why = False, f"cannot be read ({exc.strerror or exc})"
+    else:
+        why = f"differs from the run's stored {stored}"
+    if not same:
+        sys.stderr.write(f"warning: {given} {why}; resuming uses the stored config and "
+                         f"ignores {given} (a run always continues with the config it "
+                         "started with; start a new run to train with another config)\n")

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import dataset_for
 
 from bnn_cli import quantizers
-from bnn_cli.builder import build_model, load_checked_config
-from bnn_cli.config import ConfigError
 from bnn_cli.constraints import WeightClip
 from bnn_cli.layers import QuantConv2D, QuantDense
+from bnn_cli.spec.builder import build_model
+from bnn_cli.spec.checks import check
+from bnn_cli.spec.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def build(tmp_path: Path, text: str, *overrides: str):
     path = tmp_path / "model.yaml"
     path.write_text(text)
-    return build_model(load_checked_config(path, list(overrides)))
+    return build_model(check(path, overrides))
 
 
 def layers_of(model, cls):
@@ -86,6 +88,7 @@ model:
     - {type: Concatenate, name: cat, inputs: [a, b, extra]}
     - {type: QuantDense, name: head, units: 2}
   outputs: [head, a]
+training: {monitor: val_head_accuracy}  # two outputs: Keras logs metrics per output
 """)
     assert [i.name for i in model.inputs] == ["image", "extra"]
     assert model.get_layer("cat").output.shape[-1] == 9
@@ -102,8 +105,10 @@ model:
     assert layer.units == 5 and isinstance(layer.kernel_quantizer, quantizers.SteTern)
 
 
-def test_shipped_bireal_config_has_residual_structure():
-    model = build_model(load_checked_config(ROOT / "configs" / "birealnet_cifar10.yaml"))
+def test_shipped_bireal_config_has_residual_structure(tmp_path):
+    with dataset_for("cifar10", tmp_path) as data_dir:  # random CIFAR-10 examples
+        model = build_model(check(ROOT / "configs" / "birealnet_cifar10.yaml",
+                                  data_dir=data_dir))
     adds = [layer for layer in model.layers if type(layer).__name__ == "Add"]
     assert len(adds) == 4 + 1 + 3 + 1 + 3
     assert model.output_shape == (None, 10)

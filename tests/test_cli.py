@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import dataset_for
 
 from bnn_cli.cli import main
 
@@ -74,9 +76,10 @@ def test_unknown_plugin_is_a_user_error(capsys):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_every_shipped_config_checks(config, capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # quickstart prepares digits here
-    code, out, err = run(capsys, "check", str(config), "--json")
+def test_every_shipped_config_checks(config, capsys, tmp_path):
+    dataset = yaml.safe_load(config.read_text())["data"]["dataset"]
+    with dataset_for(dataset, tmp_path) as data_dir:
+        code, out, err = run(capsys, "check", str(config), "--json", "--data-dir", data_dir)
     assert code == 0, err
     report = json.loads(out)
     assert report["total_params"] > 0
@@ -86,15 +89,19 @@ def test_every_shipped_config_checks(config, capsys, tmp_path, monkeypatch):
     assert report["output_shape"] == [10]
 
 
-def test_check_prints_a_summary(capsys):
-    code, out, _ = run(capsys, "check", str(ROOT / "configs" / "larq_mnist.yaml"))
+def test_check_prints_a_summary(capsys, tmp_path):
+    with dataset_for("mnist", tmp_path) as data_dir:
+        code, out, _ = run(capsys, "check", str(ROOT / "configs" / "larq_mnist.yaml"),
+                           "--data-dir", data_dir)
     assert code == 0
     assert "Total params" in out and "Number of MACs" in out and "OK" in out
 
 
-def test_check_counts_larq_mnist_exactly(capsys):
+def test_check_counts_larq_mnist_exactly(capsys, tmp_path):
     """Larq's MNIST example: 93,088 binary weights (3 convs, 2 dense) + 468 BN params."""
-    code, out, _ = run(capsys, "check", str(ROOT / "configs" / "larq_mnist.yaml"), "--json")
+    with dataset_for("mnist", tmp_path) as data_dir:
+        code, out, _ = run(capsys, "check", str(ROOT / "configs" / "larq_mnist.yaml"),
+                           "--json", "--data-dir", data_dir)
     report = json.loads(out)
     binary = 3 * 3 * 1 * 32 + 3 * 3 * 32 * 64 + 3 * 3 * 64 * 64 + 576 * 64 + 64 * 10
     assert report["params_by_bitwidth"]["1"] == binary

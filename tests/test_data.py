@@ -19,10 +19,11 @@ from bnn_cli._keras import tf
 # isort: split
 # TFDS after bnn_cli._keras, so TensorFlow is loaded with this package's settings.
 import tensorflow_datasets as tfds
+from conftest import catalog_metadata
 
 from bnn_cli import data, digits
-from bnn_cli.config import DataConfig
 from bnn_cli.errors import UserError
+from bnn_cli.spec.schema import DataConfig
 
 SHARED_TFDS = Path(__file__).resolve().parents[2] / "shared" / "tfds"
 DIGITS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)  # per class, sklearn
@@ -298,25 +299,7 @@ def test_real_mnist_read_in_place() -> None:
 
 @pytest.fixture()
 def cifar10_metadata(tmp_path: Path) -> str:
-    """A data_dir with only cifar10's metadata (real split sizes), as mock_data advises."""
-    builder = tfds.builder("cifar10", data_dir=str(tmp_path))
-    builder.info.set_splits(
-        tfds.core.SplitDict(
-            [
-                tfds.core.SplitInfo(
-                    name=name, shard_lengths=[size], num_bytes=0,
-                    filename_template=tfds.core.ShardedFileTemplate(
-                        data_dir=builder.data_dir, dataset_name="cifar10", split=name,
-                        filetype_suffix="tfrecord",
-                    ),
-                )
-                for name, size in (("train", 50000), ("test", 10000))
-            ]
-        )
-    )
-    os.makedirs(builder.data_dir)
-    builder.info.write_to_directory(builder.data_dir)
-    return str(tmp_path)
+    return catalog_metadata("cifar10", {"train": 50000, "test": 10000}, tmp_path)
 
 
 def test_cifar10_through_mock_data(cifar10_metadata: str) -> None:

@@ -195,16 +195,15 @@ def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path, data_dir, capsy
                                                        deterministic_ops):
     """A truncated last checkpoint: resume names the file, continues from the previous
     good one (best), re-runs the later epochs once each and ends where the run did.
-    The run name tries to escape the output folder; the run stays inside it."""
+    (A run name that tries to escape the output folder is refused by the check:
+    tests/bad_configs/bad_run_name.yaml and test_validation.py.)"""
     out = tmp_path / "out"
     # monitor `loss` in max mode: epoch 1 (the highest loss) stays the best checkpoint,
     # so an older checkpoint than the last exists to fall back to.
-    args = ["train", str(QUICKSTART), *SETTINGS, "training.epochs=3", "name=../../escape",
+    args = ["train", str(QUICKSTART), *SETTINGS, "training.epochs=3",
             "training.monitor=loss", "training.monitor_mode=max", "--output", str(out)]
     assert main(args) == 0
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing escaped
     (run,) = kill_resume.run_dirs(out)
-    assert run.name.startswith("escape-")
     done = tmp_path / "done"
     shutil.copytree(run, done)  # the uninterrupted result, to compare with
     ck = run / "checkpoints"

@@ -20,7 +20,8 @@ from bnn_cli._keras import keras, tf
 from bnn_cli.errors import UserError
 from bnn_cli.layers import QuantDense
 
-lq = pytest.importorskip("larq")
+lq = pytest.importorskip(
+    "larq", reason="Larq, the reference these tests compare with, is a test extra")
 
 F32 = np.float32
 

@@ -19,6 +19,7 @@ from bnn_cli.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 # Small and quick: 3 epochs of at most 12 steps.
+VALIDATION = "train[90%:]"  # the quickstart's validation split
 FAST = ["training.epochs=3", "training.steps_per_epoch=12", "training.batch_size=32"]
 
 
@@ -83,10 +84,11 @@ def test_run_directory_has_everything(finished_run: Path):
 def test_eval_of_run_reports_training_accuracy(finished_run: Path, capsys):
     rows = [json.loads(x) for x in (finished_run / "metrics.jsonl").read_text().splitlines()]
     capsys.readouterr()
-    assert main(["eval", str(finished_run), "--checkpoint", "last", "--json"]) == 0
+    assert main(["eval", str(finished_run), "--checkpoint", "last", "--split", VALIDATION,
+                 "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["metrics"]["accuracy"] == pytest.approx(rows[-1]["val_accuracy"], abs=1e-6)
-    assert (finished_run / "eval-test-epoch-0003.json").is_file()
+    assert (finished_run / "eval-train-90-epoch-0003.json").is_file()
 
 
 def test_eval_of_best_checkpoint_file_and_model_file(finished_run: Path, capsys):
@@ -95,9 +97,10 @@ def test_eval_of_best_checkpoint_file_and_model_file(finished_run: Path, capsys)
     ck = finished_run / "checkpoints"
     best_dir = ck / json.loads((ck / "best.json").read_text())["checkpoint"]
     capsys.readouterr()
-    assert main(["eval", str(best_dir / "ckpt.index"), "--json"]) == 0
+    assert main(["eval", str(best_dir / "ckpt.index"), "--split", VALIDATION, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["metrics"]["accuracy"] == pytest.approx(best)
-    assert main(["eval", str(finished_run / "model.keras"), "--json"]) == 0
+    assert main(["eval", str(finished_run / "model.keras"), "--split", VALIDATION,
+                 "--json"]) == 0
     final = json.loads(capsys.readouterr().out)["metrics"]["accuracy"]
     assert final == pytest.approx(rows[-1]["val_accuracy"], abs=1e-6)
 
@@ -114,7 +117,8 @@ def test_eval_errors_are_clean(tmp_path, capsys):
 def test_offline_dataset_error_is_clear(tmp_path, capsys, data_dir):
     code = main(["check", str(QUICKSTART), "data.dataset=cifar100",
                  "model.inputs=[{shape: [32, 32, 3]}]"])
-    assert code == 0  # check needs no data when the model states its inputs
+    assert code == 2  # check resolves everything a config names, the dataset too
+    assert "cifar100" in capsys.readouterr().err
     code = main(["train", str(QUICKSTART), "data.dataset=cifar100", "--output", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2
@@ -177,9 +181,11 @@ def test_quickstart_reaches_90_percent_and_eval_agrees(tmp_path, data_dir, capsy
     run = next(tmp_path.iterdir())
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 20
-    assert rows[-1]["val_accuracy"] >= 0.90
+    test = json.loads((run / "run.json").read_text())["test"]  # chosen on validation
+    assert test["split"] == "test" and test["metrics"]["accuracy"] >= 0.90
     capsys.readouterr()
-    assert main(["eval", str(run), "--checkpoint", "last", "--json"]) == 0
+    assert main(["eval", str(run), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["split"] == "test"
-    assert report["metrics"]["accuracy"] == pytest.approx(rows[-1]["val_accuracy"], abs=1e-6)
+    assert report["split"] == "test" and report["checkpoint"] == test["checkpoint"]
+    assert report["metrics"]["accuracy"] == pytest.approx(test["metrics"]["accuracy"],
+                                                          abs=1e-6)

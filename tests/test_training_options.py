@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from bnn_cli.cli import main
-from bnn_cli.config import Schedule, TrainingConfig
-from bnn_cli.training import EpochSchedule, make_optimizer
+from bnn_cli.schedules import EpochSchedule
+from bnn_cli.spec.builder import build_optimizer
+from bnn_cli.spec.schema import Schedule, TrainingConfig
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 TINY = ["training.epochs=2", "training.steps_per_epoch=5", "training.batch_size=16"]
@@ -44,7 +45,7 @@ def test_case_optimizer_from_config():
     training = TrainingConfig(optimizer={"type": "case", "binary": {"type": "Bop",
                                                                      "threshold": 1e-6},
                                          "default": {"type": "Adam"}}, learning_rate=0.01)
-    opt = make_optimizer(training, 10)
+    opt = build_optimizer(training, 10)
     assert isinstance(opt, CaseOptimizer)
     assert any(isinstance(o, Bop) and o.get_config()["threshold"] == pytest.approx(1e-6)
                for o in opt.optimizers)

@@ -1,12 +1,13 @@
-"""The config file: its schema (pydantic models) and its validation.
+"""The config file's schema (pydantic models) and its located validation.
 
 A config has three sections, ``model``, ``data`` and ``training``, plus ``name`` and
 ``plugins`` (Python files or modules to import so that custom quantizers and layers they
 register can be named). Validation collects *every* problem in the file and reports each
 with its file, line, column and key path; nothing in a config is ever executed.
 
-The model section is structural here (layers are mappings with a ``type``); the model
-builder checks layer types and arguments against the registry, with the same locations.
+The model section is structural here (layers are mappings with a ``type``);
+:mod:`bnn_cli.spec.checks` checks layer types and arguments against the registry, with
+the same locations.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bnn_cli.errors import UserError, did_you_mean
-from bnn_cli.yaml_source import Document, Location, PathKey, apply_overrides, format_path
-from bnn_cli.yaml_source import load_yaml as _load_yaml
+from bnn_cli.runs import NAME_PATTERN, safe_name
+from bnn_cli.spec.source import Document, Location, PathKey, apply_overrides, format_path
+from bnn_cli.spec.source import load_yaml as _load_yaml
 
 # ---------------------------------------------------------------------------------------
 # Schema
@@ -29,9 +31,14 @@ from bnn_cli.yaml_source import load_yaml as _load_yaml
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors: a typo must never pass silently."""
+    """Unknown keys are errors: a typo must never pass silently. So are NaN and
+    infinity, which no setting means."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# A run or model name: one folder name, and a valid TensorFlow name scope.
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=80)]
 
 
 class Component(BaseModel):
@@ -113,9 +120,11 @@ class DataConfig(Strict):
 
     dataset: str = "sklearn_digits"  # TFDS name, optionally "name:version" ("mnist:3.0.1")
     data_dir: str | None = None  # TFDS data_dir; --data-dir wins; unset: $TFDS_DATA_DIR
-    train_split: str = "train"  # TFDS split with slices, e.g. "train[:90%]"
-    validation_split: str | None = "test"  # evaluated after each epoch; None = no validation
-    test_split: str = "test"  # what `bnn eval` uses by default
+    # TFDS splits, with slices. The validation split picks the best checkpoint, so by
+    # default it is held out of the training data, never the test split.
+    train_split: str = "train[:90%]"
+    validation_split: str | None = "train[90%:]"  # after each epoch; None = no validation
+    test_split: str = "test"  # reported for the chosen checkpoint; `bnn eval`'s default
     input_key: str = "image"
     label_key: str = "label"
     preprocessing: list[PreprocessStep] = Field(default_factory=lambda: [Rescale()])
@@ -153,7 +162,7 @@ class InputSpec(Strict):
 class ModelConfig(Strict):
     """The network: layers in order, or a graph of named layers with ``inputs``."""
 
-    name: str | None = None
+    name: Name | None = None
     # default: one input shaped like the data
     inputs: list[InputSpec] | None = Field(default=None, min_length=1)
     defaults: dict[str, dict[str, Any]] = Field(default_factory=dict)  # layer type -> args
@@ -192,7 +201,7 @@ class TrainingConfig(Strict):
     epochs: int = Field(default=10, ge=1, le=100_000)
     batch_size: int = Field(default=64, ge=1, le=1_000_000)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    learning_rate: float | Schedule = Field(default=1e-3)
+    learning_rate: Annotated[float, Field(gt=0)] | Schedule = 1e-3
     loss: str = "sparse_categorical_crossentropy"
     metrics: list[str] = Field(default_factory=lambda: ["accuracy"])
     monitor: str = "val_accuracy"  # the metric that picks the best checkpoint
@@ -207,7 +216,7 @@ class TrainingConfig(Strict):
 class ConfigFile(Strict):
     """A whole config file."""
 
-    name: str | None = None  # run name; default: the file's stem
+    name: Name | None = None  # run name; default: the file's stem
     plugins: list[str] = Field(default_factory=list)
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
@@ -258,7 +267,7 @@ class Config:
 
     @property
     def name(self) -> str:
-        return self.spec.name or (self.path.stem if self.path else "run")
+        return self.spec.name or safe_name(self.path.stem if self.path else "run")
 
     def problem(self, path: PathKey, message: str, *, key: bool = False) -> Problem:
         return Problem(path, message, self.document.locate(path, key=key))
@@ -300,6 +309,9 @@ def _problem_from_pydantic(err: dict[str, Any], doc: Document) -> Problem:
         expected = err.get("ctx", {}).get("expected_tags", "")
         return Problem(path, f"unknown type {tag!r}; expected one of {expected}",
                        doc.locate(path))
+    if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NAME_PATTERN:
+        return Problem(path, f"{err.get('input')!r} is not a valid name: use letters, digits, "
+                       "'_', '.' and '-', starting with a letter or digit", doc.locate(path))
     got = repr(err.get("input"))
     got = got if len(got) < 60 else got[:57] + "..."
     return Problem(path, f"{err['msg'].rstrip('.')} (got {got})", doc.locate(path))
@@ -366,13 +378,38 @@ def json_schema() -> dict[str, Any]:
     schema = ConfigFile.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "bnn config"
-    from bnn_cli.builder import layer_json_schema  # imports TF; only `bnn schema` needs it
-
     defs = schema.setdefault("$defs", {})
-    defs["LayerSpec"] = layer_json_schema()
+    defs["LayerSpec"] = _layer_json_schema()
     for name in ("ModelConfig", "BlockDef"):
         defs[name]["properties"]["layers"]["items"] = {"$ref": "#/$defs/LayerSpec"}
     return schema
+
+
+def _layer_json_schema() -> dict[str, Any]:
+    """A layer spec: ``type`` from the registry's layers, or a block use."""
+    from bnn_cli.registry import REGISTRY, load_builtins  # imports TF: only for `bnn schema`
+
+    load_builtins()
+    quantizer = {"oneOf": [{"type": "string", "enum": REGISTRY.names("quantizer")},
+                           {"type": "object", "required": ["type"]}, {"type": "null"}]}
+    return {
+        "type": "object",
+        "description": "A layer (`type` + the layer's own arguments) or a block use "
+                       "(`block` + parameters). `name`, `inputs` and `repeat` are "
+                       "available on both.",
+        "properties": {
+            "type": {"type": "string", "enum": REGISTRY.names("layer")},
+            "block": {"type": "string"},
+            "name": {"type": "string"},
+            "inputs": {"oneOf": [{"type": "string"},
+                                 {"type": "array", "items": {"type": "string"}}]},
+            "repeat": {"type": "integer", "minimum": 1},
+            **{arg: quantizer for arg in ("input_quantizer", "kernel_quantizer",
+                                          "depthwise_quantizer", "pointwise_quantizer")},
+        },
+        "oneOf": [{"required": ["type"]}, {"required": ["block"]}],
+        "additionalProperties": True,
+    }
 
 
 def ensure_valid(problems: list[Problem]) -> None:

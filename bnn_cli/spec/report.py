@@ -1,0 +1,46 @@
+"""``bnn check``: check a config, build its model and optimizer, summarize them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bnn_cli.spec.checks import CheckedConfig
+
+
+@dataclass
+class CheckReport:
+    checked: CheckedConfig
+    summary: Any  # bnn_cli.models.ModelSummary
+    text: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        config = self.checked.config
+        return {"config": str(config.path), "name": config.name, "valid": True,
+                **self.summary.as_dict()}
+
+    def print(self) -> None:
+        print("\n".join(self.text))
+        data = self.checked.spec.data
+        if data.validation_split and data.validation_split == data.test_split:
+            print(f"\nwarning: data.validation_split is the test split {data.test_split!r}:"
+                  " the checkpoint is chosen on it, so its test metrics are optimistic; "
+                  "hold validation data out of the training split (e.g. "
+                  "train_split: 'train[:90%]', validation_split: 'train[90%:]')")
+        print(f"\n{self.checked.config.path}: OK")
+
+
+def check_config(path: str | Path, overrides: list[str], *, plugins: list[str] | None = None,
+                 data_dir: str | None = None) -> CheckReport:
+    """Check ``path`` (with overrides), build the model and optimizer, summarize."""
+    from bnn_cli.models import summary, summary_data
+    from bnn_cli.spec.builder import build_model, build_optimizer
+    from bnn_cli.spec.checks import check
+
+    checked = check(path, overrides, plugins=plugins or [], data_dir=data_dir)
+    model = build_model(checked)
+    build_optimizer(checked.spec.training, checked.steps_per_epoch)
+    lines: list[str] = []
+    summary(model, print_fn=lines.append)
+    return CheckReport(checked, summary_data(model), lines)
