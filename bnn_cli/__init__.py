@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
-import importlib.util
+import importlib.machinery
 import os
 import sys
 from collections.abc import Callable
@@ -42,36 +42,57 @@ _SUBMODULES = {
 __all__ = sorted(_SUBMODULES | {"__version__"})
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs ``then()`` right after the module ``name`` has been imported (once)."""
+class _WhenImported(importlib.abc.MetaPathFinder):
+    """Runs ``then()`` once all of ``names`` have been imported, completely.
 
-    def __init__(self, name: str, then: Callable[[], object]):
-        self.name, self.then = name, then
+    TensorFlow and tf-keras import each other while they initialize, and TensorFlow
+    probes for tf-keras with ``find_spec`` first; so each import of one of them is
+    watched (not the first lookup), and ``then()`` waits until neither is half-done.
+    """
+
+    def __init__(self, names: tuple[str, ...], then: Callable[[], object]):
+        self.names, self.then = names, then
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != self.name:
+        if fullname not in self.names:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is not None and spec.loader is not None:
             run_module = spec.loader.exec_module
 
             def exec_module(module):
                 run_module(module)
-                self.then()
+                self._maybe_done(fullname)
 
             spec.loader.exec_module = exec_module
         return spec
 
+    def _maybe_done(self, just_run: str) -> None:
+        others = [sys.modules.get(n) for n in self.names if n != just_run]
+        if self in sys.meta_path and all(m is not None and not _initializing(m)
+                                         for m in others):
+            sys.meta_path.remove(self)
+            self.then()
+
+
+def _initializing(module: object) -> bool:
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
 
 def _register_builtins() -> None:
-    importlib.import_module(f"{__name__}.registry").load_builtins()
+    # bnn_cli._keras registers the built-ins once TensorFlow is in; if it is what is
+    # importing TensorFlow right now, it will when it is done.
+    keras_module = sys.modules.get(f"{__name__}._keras")
+    if keras_module is None or not _initializing(keras_module):
+        importlib.import_module(f"{__name__}._keras")
+        importlib.import_module(f"{__name__}.registry").load_builtins()
 
 
-if "tf_keras" in sys.modules:
+_KERAS = ("tensorflow", "tf_keras")
+if all(name in sys.modules for name in _KERAS):
     _register_builtins()
 else:
-    sys.meta_path.insert(0, _AfterImport("tf_keras", _register_builtins))
+    sys.meta_path.insert(0, _WhenImported(_KERAS, _register_builtins))
 
 
 def __getattr__(name: str):

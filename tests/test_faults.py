@@ -81,6 +81,7 @@ def _visible(folder: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume(reference, tmp_path):
     """Three SIGKILLs at random moments (start-up or training), each followed by
     `bnn train --resume`: the run ends equal to the uninterrupted one, every epoch once
@@ -94,6 +95,7 @@ def test_kill_9_at_random_moments_then_resume(reference, tmp_path):
     assert survived == tried, "\n".join(log)
 
 
+@pytest.mark.slow
 def test_kill_9_before_the_first_checkpoint_then_resume(reference, tmp_path, capsys,
                                                         deterministic_ops):
     """Killed as soon as the run directory exists (no checkpoint yet): --resume starts
@@ -112,6 +114,7 @@ def test_kill_9_before_the_first_checkpoint_then_resume(reference, tmp_path, cap
     assert kill_resume.compare(run, reference[0]) == []
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_run_after_run(reference, tmp_path):
     """training.deterministic + the same seed: a second process gets bit-identical
     metrics and weights."""

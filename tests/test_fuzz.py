@@ -297,6 +297,15 @@ def test_check_never_crashes(source, overrides, options):
         shutil.rmtree(path.parent, ignore_errors=True)
 
 
+@pytest.mark.slow
+@settings(COMMON, max_examples=3000)
+@given(source=yaml_text(), overrides=st.lists(override, max_size=3),
+       options=st.lists(option, max_size=2))
+def test_check_never_crashes_long(source, overrides, options):
+    """The same property over ten times as many configs (the slow tier)."""
+    test_check_never_crashes.hypothesis.inner_test(source, overrides, options)
+
+
 @settings(COMMON, max_examples=60)
 @given(argv=st.lists(st.one_of(text, st.sampled_from(
     ["check", "train", "eval", "schema", "list-quantizers", "list-layers", "--json",
@@ -323,6 +332,7 @@ def _later_use_works(output: Path) -> None:
         # Any other end (a config error found during the epoch) is reported again, cleanly.
 
 
+@pytest.mark.slow
 @settings(COMMON, max_examples=20)
 @given(case=nudged_config() | mutated_config(bases=("quickstart",)),
        overrides=st.lists(override, max_size=1))

@@ -113,3 +113,38 @@ def test_keras_activation_by_name(side_by_side):
         # as it does with Larq alone (README: "Larq and bnn_cli in one process")
         assert "larq.quantizers.SteSign" in out["keras_ste_sign"]
         assert not isinstance(out["activation"], list)
+
+
+BNN_ONLY = textwrap.dedent("""
+    import json, sys
+    import bnn_cli.quantizers as bq
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+    from bnn_cli.registry import NamedActivation, keras_objects
+
+    table = keras.utils.get_custom_objects()
+    x = tf.constant(np.linspace(-2.0, 2.0, 9, dtype="float32"))
+    out = {"larq_loaded": "larq" in sys.modules, "not_ours": [], "built": {}}
+    for name, obj in keras_objects().items():
+        if table.get(name) is not obj:
+            out["not_ours"].append(name)
+        if isinstance(obj, NamedActivation):
+            # As Larq and Keras's legacy loader build from a table entry, and as
+            # Keras's activation lookup hands it back.
+            built = table[name].from_config({})
+            same = keras.activations.get(name)(x).numpy().tolist() == built(x).numpy().tolist()
+            out["built"][name] = same
+    print(json.dumps(out))
+""")
+
+
+def test_without_larq_bnn_cli_owns_its_names_and_each_builds():
+    proc = subprocess.run([sys.executable, "-c", BNN_ONLY], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["larq_loaded"] is False
+    assert out["not_ours"] == []
+    assert len(out["built"]) >= 9  # seven quantizer aliases, hard_tanh, leaky_tanh
+    assert all(out["built"].values()), out["built"]

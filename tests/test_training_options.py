@@ -86,3 +86,19 @@ def test_early_stopping_remembers_and_stops(tmp_path, monkeypatch):
     assert code == 0
     # Epoch 1 sets the best; epoch 2 cannot improve by 1000, so training stops.
     assert [r["epoch"] for r in _rows(tmp_path / "r")] == [1, 2]
+
+
+def test_early_stopping_watches_its_own_metric(tmp_path):
+    """early_stopping.monitor is read: the learning rate (logged each epoch) only falls
+    under the cosine schedule, so watched for a rise it stops training after epoch 2,
+    while the best checkpoint is still chosen by training.monitor (val_accuracy)."""
+    code = main(["train", str(QUICKSTART), "training.epochs=6", "training.steps_per_epoch=3",
+                 "training.early_stopping={monitor: learning_rate, patience: 0}",
+                 "--output", str(tmp_path / "r")])
+    assert code == 0
+    rows = _rows(tmp_path / "r")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["learning_rate"] < rows[0]["learning_rate"]
+    run = next((tmp_path / "r").iterdir())
+    best = json.loads((run / "run.json").read_text())["best"]
+    assert set(best) == {"val_accuracy", "epoch"}
