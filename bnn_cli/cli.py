@@ -36,6 +36,13 @@ Plugins = Annotated[
     typer.Option("--plugin", help="Python file or module to import first (registers custom "
                                   "quantizers/layers). Repeatable.", show_default=False),
 ]
+TrustPlugins = Annotated[
+    bool,
+    typer.Option("--trust-plugins", help="Import the plugins that the run directory's stored "
+                                         "config and overrides.json name (their code runs); "
+                                         "without it a run that names any is refused, as a "
+                                         "copied run directory could run any code."),
+]
 DataDir = Annotated[
     str | None,
     typer.Option("--data-dir", help="TFDS data_dir (else the config's data.data_dir, else "
@@ -177,13 +184,15 @@ def train(
              "config it was started with.")] = None,
     data_dir: DataDir = None,
     plugin: Plugins = None,
+    trust_plugins: TrustPlugins = False,
 ) -> None:
     """Train the model a config describes; writes a run directory."""
     from bnn_cli.training import resume_run, train_from_config
 
     if resume is not None:
         _refuse_overrides_on_resume(config, overrides or [], resume)
-        result = resume_run(resume, data_dir=data_dir, config_path=config)
+        result = resume_run(resume, data_dir=data_dir, config_path=config,
+                            trust_plugins=trust_plugins)
     elif config is None:
         raise _click_exceptions().UsageError(
             "Missing argument 'CONFIG': give the YAML config to train (e.g. bnn train "
@@ -218,17 +227,21 @@ def evaluate(
     data_dir: DataDir = None,
     json_: JsonFlag = False,
     config: Annotated[Path | None, typer.Option(
-        help="Config describing the data, for a model file outside a run.")] = None,
+        help="Config that builds the model and describes the data; a model file gives only "
+             "its weights. Needed for a model file outside a run.")] = None,
+    trust_plugins: TrustPlugins = False,
 ) -> None:
     """Evaluate a trained model on a dataset split and print its metrics."""
     from bnn_cli.evaluation import evaluate_target
 
     report = evaluate_target(target, split=split, checkpoint=checkpoint, data_dir=data_dir,
-                             config=config)
+                             config=config, trust_plugins=trust_plugins)
     if json_:
         _echo_json(report.as_dict())
     else:
         report.print()
+    if report.unsaved:  # (after the result, which is what counts)
+        typer.echo(f"warning: {report.unsaved}", err=True)
 
 
 def _click_exceptions():

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import builtins
 import contextlib
-import json
 import sys
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +21,7 @@ from bnn_cli.runs import (
     safe_name,
 )
 from bnn_cli.spec.schema import Config
+from bnn_cli.vetting import load_vetted_model, read_weights, vet_model_file
 
 if TYPE_CHECKING:
     from bnn_cli.training import Job
@@ -42,6 +40,7 @@ class EvalReport:
     selected_on: dict[str, str | None] | None = None  # the split and monitor that chose it
     warning: str | None = None
     written: list[str] = field(default_factory=list)
+    unsaved: str | None = None  # why the report could not be written into the run
 
     def as_dict(self) -> dict[str, Any]:
         out = {"target": self.target, "split": self.split, "checkpoint": self.checkpoint,
@@ -129,85 +128,18 @@ def _splits_overlap(cfg: Config, data_dir: str | None, a: str, b: str) -> bool:
                for na, sa, ea in ranges[0] for nb, sb, eb in ranges[1])
 
 
-def _load_model_file(path: Path):
-    from bnn_cli import models
-    from bnn_cli.registry import load_builtins
-
-    load_builtins()  # every bnn_cli class is known before the file is vetted
-    _refuse_code(path, _stored_config(path))
-    try:
-        # safe_mode: a saved model never runs code stored in it (e.g. Lambda bytecode).
-        return models.load_model(path, compile=False, safe_mode=True)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise UserError(f"cannot load the model file {path}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:500] if text else type(exc).__name__
-
-
-def _stored_config(path: Path) -> Any:
-    """The architecture a model file stores (``.keras`` zip or legacy HDF5), or None."""
-    with contextlib.suppress(Exception):  # unreadable files are reported by Keras below
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                return json.loads(archive.read("config.json"))
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get("model_config")
-            return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    return None
-
-
-# Modules a saved model may name for its classes and functions. Keras imports whatever
-# module a file names (running its top-level code) and hands back any attribute of it,
-# and Keras's safe_mode covers neither that nor legacy HDF5 files, so the architecture is
-# checked here first: code runs only from bnn_cli, Keras and the plugins a config names.
-_SAFE_MODULES = ("keras", "tf_keras", "bnn_cli")
-
-
-def _refuse_code(path: Path, config: Any) -> None:
-    """Raise a UserError if loading ``config`` would run code stored in or named by it."""
-    from bnn_cli._keras import keras
-
-    def refuse(what: str) -> UserError:
-        return UserError(f"refusing to load the model file {path}: it contains {what}, and "
-                         "loading it would run code that the file names or stores; bnn "
-                         "never does that. Rebuild the model from its config (e.g. evaluate "
-                         "the run directory or a checkpoint) instead")
-
-    stack = [config]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        name = node.get("class_name")
-        if name in ("Lambda", "__lambda__"):
-            raise refuse("a Lambda layer (Python code)")
-        module = node.get("module")
-        registered = node.get("registered_name")
-        if isinstance(module, str) and not (
-            module.split(".")[0] in _SAFE_MODULES
-            # builtins: Keras looks the name up among its own functions ('relu'), but a
-            # Python builtin ('eval', 'exec') would be returned as is.
-            or (module == "builtins" and name == "function"
-                and not hasattr(builtins, str(node.get("config"))))
-            or (isinstance(registered, str)
-                and keras.saving.get_registered_object(registered) is not None)
-        ):
-            raise refuse(f"{name!r} from the Python module {module!r}")
-        stack.extend(node.values())
+# A run's final model, its architecture vetted first (the tests read weights through it).
+_load_model_file = load_vetted_model
 
 
 def evaluate_target(target: str | Path, *, split: str | None = None, checkpoint: str = "best",
-                    data_dir: str | None = None, config: str | Path | None = None
-                    ) -> EvalReport:
-    """Evaluate a run directory / checkpoint / model file; write results into the run."""
+                    data_dir: str | None = None, config: str | Path | None = None,
+                    trust_plugins: bool = False) -> EvalReport:
+    """Evaluate a run directory / checkpoint / model file; write results into the run.
+
+    The model is always built from a checked config (``config``, else the run's stored
+    one, whose plugins are imported only with ``trust_plugins``); a model file gives
+    only its weights."""
     from bnn_cli.spec.checks import check
     from bnn_cli.training import load_run_config, prepare
 
@@ -220,15 +152,18 @@ def evaluate_target(target: str | Path, *, split: str | None = None, checkpoint:
     if config is None and run is None:
         raise UserError(f"{target} is not inside a run directory, so nothing says which data "
                         "to evaluate on; pass --config CONFIG.yaml")
-    checked = check(config, data_dir=data_dir) if config else load_run_config(run, data_dir)
+    checked = check(config, data_dir=data_dir) if config else \
+        load_run_config(run, data_dir, trust_plugins=trust_plugins)
     run_cfg = checked.config if config is None else None
     cfg = checked.config
+    if kind == "model":
+        # Fail closed: a file that names code is refused, though only its weights are read.
+        vet_model_file(target)
     job = prepare(checked, run or RunDir(target.parent))
     split = split or cfg.spec.data.test_split
     if kind == "model":
-        model = _load_model_file(target)
-        model.compile(loss=cfg.spec.training.loss, metrics=list(cfg.spec.training.metrics))
-        return _evaluate(model, cfg, job.data_dir, split, run, str(target), None, None)
+        read_weights(job.model, target)
+        return _evaluate(job.model, cfg, job.data_dir, split, run, str(target), None, None)
     assert run is not None  # (_classify: checkpoints and runs are inside a run)
     ckpt = (run.load_checkpoint(checkpoint) if target in (run.path, run.checkpoints)
             else run.resolve_checkpoint(target))
@@ -236,7 +171,7 @@ def evaluate_target(target: str | Path, *, split: str | None = None, checkpoint:
     pointer = _pointer_naming(run, ckpt, prefer=named)
     selected = None
     if pointer == "best":
-        selected = selection(run_cfg or _stored_run_config(run) or cfg)
+        selected = selection(run_cfg or _stored_run_config(run, trust_plugins) or cfg)
     return evaluate_checkpoint(job, ckpt, split, str(target), pointer, selected)
 
 
@@ -327,12 +262,13 @@ def _pointer_naming(run: RunDir, checkpoint: Checkpoint, *, prefer: str) -> str 
     return None
 
 
-def _stored_run_config(run: RunDir) -> Config | None:
-    """The run's own config (for how its checkpoints were chosen), or None if unreadable."""
+def _stored_run_config(run: RunDir, trust_plugins: bool) -> Config | None:
+    """The run's own config (for how its checkpoints were chosen), or None if unreadable
+    (or if it names plugins that are not trusted)."""
     from bnn_cli.training import load_run_config
 
     with contextlib.suppress(UserError):
-        return load_run_config(run).config
+        return load_run_config(run, trust_plugins=trust_plugins).config
     return None
 
 
@@ -345,8 +281,19 @@ def _evaluate(model, cfg: Config, data_dir: str | None, split: str, run: RunDir 
     values = model.evaluate(ds, verbose=0, return_dict=True)
     report = EvalReport(target, split, {k: float(v) for k, v in values.items()}, label, epoch)
     if run is not None:
-        out = run.file(f"eval-{safe_name(split)}-{label or 'model'}.json")
-        atomic_write_json(out, {**report.as_dict(),
-                                "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        report.written.append(str(out))
+        _save(report, run)
     return report
+
+
+def _save(report: EvalReport, run: RunDir) -> None:
+    """Write the report into the run; if that fails (a read-only run directory, someone
+    else's), the result is not lost: ``report.unsaved`` says why, for after it."""
+    out = run.file(f"eval-{safe_name(report.split)}-{report.checkpoint or 'model'}.json")
+    try:
+        atomic_write_json(out, {**report.as_dict(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    except UserError as exc:
+        cause = exc.__context__  # (the writer's OSError, when it raised from one)
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+        report.unsaved = f"could not write {out} ({why}); the result above is not saved"
+        return
+    report.written.append(str(out))

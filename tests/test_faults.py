@@ -18,7 +18,6 @@ import shutil
 import stat
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -364,59 +363,6 @@ def test_interrupted_run_creation_leaves_no_run_directory(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         RunDir.create(tmp_path, "x", fill)
     assert list(tmp_path.iterdir()) == []
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    from bnn_cli._keras import keras
-
-    inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Flatten()(inputs)
-    return inputs, x, keras
-
-
-def test_model_file_with_a_lambda_layer_is_refused(tmp_path, data_dir, capsys, tiny_model):
-    inputs, x, keras = tiny_model
-    marker = tmp_path / "code-ran"
-    where = str(marker)
-    # Loading would run this lambda (rebuilding the graph calls the layer).
-    evil = keras.layers.Lambda(lambda t: (open(where, "w").write("x"), t)[1])(x)  # noqa: SIM115
-    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(evil))
-    for suffix in (".keras", ".h5"):  # safe_mode alone does not cover legacy HDF5
-        path = tmp_path / f"lambda{suffix}"
-        model.save(path)
-        marker.unlink(missing_ok=True)
-        capsys.readouterr()
-        assert main(["eval", str(path), "--config", str(QUICKSTART)]) == 2
-        err = capsys.readouterr().err
-        assert "refusing to load" in err and "Lambda" in err and "Traceback" not in err
-        assert not marker.exists(), f"{suffix}: the model's code ran"
-
-
-def test_model_file_naming_a_python_module_is_refused(tmp_path, data_dir, capsys,
-                                                      tiny_model, monkeypatch):
-    """Keras imports any module a .keras file names (running its top-level code)."""
-    inputs, x, keras = tiny_model
-    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
-    good = tmp_path / "good.keras"
-    model.save(good)
-    (tmp_path / "evil_module.py").write_text(
-        f"open({str(tmp_path / 'code-ran')!r}, 'w').write('x')\nclass Dense: pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    bad = tmp_path / "bad.keras"
-    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item.filename)
-            if item.filename == "config.json":
-                data = data.replace(b'"module": "keras.layers", "class_name": "Dense"',
-                                    b'"module": "evil_module", "class_name": "Dense"')
-                assert b"evil_module" in data
-            dst.writestr(item, data)
-    assert main(["eval", str(bad), "--config", str(QUICKSTART)]) == 2
-    err = capsys.readouterr().err
-    assert "refusing to load" in err and "evil_module" in err and "Traceback" not in err
-    assert not (tmp_path / "code-ran").exists()
-    assert "evil_module" not in sys.modules
 
 
 def test_resume_of_a_completed_run_is_a_no_op(reference, capsys):
