@@ -11,17 +11,27 @@ Layout of ``runs/<name>-<timestamp>/``::
                            optimizer), state.json (epoch, history, best, early stopping),
                            manifest.json (sha256 of every file; written last = complete)
       last.json, best.json pointers to the latest and the best checkpoint folder
-    metrics.csv / .jsonl   one row per epoch (rewritten whole from the state each epoch)
+    metrics.csv / .jsonl   one row per epoch (rewritten whole from the state each epoch;
+                           the CSV's columns are fixed when it is created)
     tensorboard/           TensorBoard logs
     model.keras            the final model
     run.json               status (running/completed/interrupted/failed), metrics, time
+    .lock                  flock'ed by the one process that trains in the folder
 
 Every file is written atomically (temporary file, flush, fsync, rename), and a pointer
 moves to a new checkpoint only after that checkpoint is complete; older checkpoint
 folders are deleted only after that, so a kill at any instant leaves a readable run.
 The run directory itself is filled in a hidden ``.incomplete-*`` folder and renamed into
 place, so it never exists without its config. (TensorBoard's event files are appended
-by TensorFlow; a kill can cut the last record short, which TensorBoard tolerates.)
+by TensorFlow; a kill can cut the last record short, which TensorBoard tolerates, and a
+resume removes the events logged after the checkpoint it continues from.)
+
+One process at a time writes into a run directory: it holds an exclusive ``flock`` on
+``.lock`` (created with the staging folder, so a new run is locked from its first file)
+until the run ends. The kernel drops the lock when the process dies, ``kill -9``
+included, so a ``running`` status whose lock no process holds is reported as
+``interrupted``. Files and folders get the modes ``open``/``mkdir`` give (0666/0777
+less the umask), so colleagues and TensorBoard servers can read runs.
 """
 
 from __future__ import annotations
@@ -29,14 +39,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
+import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,6 +61,9 @@ RUN_FILE = "run.json"
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 STATE = "state.json"
+LOCK_FILE = ".lock"
+LIVE_STATUSES = ("starting", "running")
+"""Statuses that claim a process is working in the run (true only while it holds the lock)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -63,6 +78,30 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _new_temp_file(folder: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """Like ``tempfile.mkstemp``, but with the mode ``open`` gives (0666 less the umask,
+    applied by the kernel) instead of 0600: runs are read by colleagues and TensorBoard."""
+    for _ in range(100):
+        path = folder / f"{prefix}{os.urandom(6).hex()}{suffix}"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder))
+
+
+def _new_temp_dir(folder: Path, prefix: str) -> Path:
+    """Like ``tempfile.mkdtemp``, but 0777 less the umask instead of 0700 (see above)."""
+    for _ in range(100):
+        path = folder / f"{prefix}{os.urandom(6).hex()}"
+        try:
+            path.mkdir(0o777)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary folder name", str(folder))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -81,7 +120,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _new_temp_file(path.parent, f".{path.name}.", ".tmp")
     except OSError as exc:
         raise _write_error(path, exc) from None
 
@@ -91,7 +130,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
 
-    _swap_in(Path(tmp), path, write)
+    _swap_in(tmp, path, write)
 
 
 def atomic_save(path: str | Path, write: Callable[[Path], Any]) -> None:
@@ -130,9 +169,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
-                      + "\n")
+def atomic_write_json(path: str | Path, obj: Any, *, sort_keys: bool = True) -> None:
+    """``obj`` as indented JSON; ``sort_keys=False`` keeps the order of the dicts (a
+    checkpoint's history rows keep their metrics' order that way)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys,
+                                       default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:
@@ -178,6 +219,173 @@ def _warn(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# The lock of a run directory (and of a staging folder)
+# ---------------------------------------------------------------------------------------
+
+_LOCK_BYTES = 1024
+"""The lock file's fixed size: its text is rewritten in place, into space the file
+already has, so a process can still record how it ended on a full disk."""
+_LOCK_WAIT_S = 0.5  # readers probe the lock for microseconds; ride out such a probe
+STAGING_GRACE_S = 60.0
+"""A staging folder without a lock file is left alone this long: its creator may be
+between ``mkdir`` and taking the lock (or it is from a bnn without locks)."""
+
+
+class RunBusyError(UserError):
+    """Another live process holds the lock of a run directory."""
+
+    def __init__(self, folder: Path, holder: dict[str, Any]):
+        pid = holder.get("pid", "?")
+        host = holder.get("host")
+        where = f" on {host}" if host and host != socket.gethostname() else ""
+        since = f" since {holder['since']}" if holder.get("since") else ""
+        super().__init__(
+            f"{folder} is in use: process {pid}{where} has been training in it{since}, and "
+            "only one process may write into a run directory at a time. Wait until it "
+            f"ends, or stop it (kill {pid}) and then resume the run")
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``FOLDER/.lock``, held while this process writes into
+    FOLDER. The kernel releases it when the process dies, however it dies, so whether
+    it can be taken is the truth about a live writer; the file's text (pid, start time,
+    host) only names the holder in messages."""
+
+    def __init__(self, fd: int, info: dict[str, Any]):
+        self._fd: int | None = fd
+        self.info = info
+
+    @classmethod
+    def acquire(cls, folder: Path) -> RunLock:
+        """Take FOLDER's lock (creating the lock file); RunBusyError if a process holds it."""
+        path = folder / LOCK_FILE
+        try:
+            # (Python's descriptors are not inherited: a child process never holds it.)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise UserError(f"cannot lock {folder} ({path}: {exc.strerror or exc}); a run "
+                            "directory must be writable to train in it") from None
+        try:
+            locked = _flock(fd, fcntl.LOCK_EX, wait=_LOCK_WAIT_S)
+        except OSError as exc:  # a filesystem without locks (some network mounts)
+            locked = True
+            _warn(f"warning: cannot lock {folder} ({exc.strerror or exc}); make sure no "
+                  "other process trains in it at the same time")
+        if not locked:
+            holder = _read_lock_text(fd)
+            os.close(fd)
+            raise RunBusyError(folder, holder)
+        lock = cls(fd, {"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        "host": socket.gethostname()})
+        try:
+            lock._write(lock.info)
+        except OSError as exc:
+            lock.release()
+            raise _write_error(path, exc) from None
+        return lock
+
+    def record_end(self, status: str, error: str) -> None:
+        """Say in the lock file how the run ended, for when run.json cannot be written
+        (a full disk): the next reader of a ``running`` run.json reports this instead."""
+        text = {**self.info, "ended": status, "error": error}
+        while len(json.dumps(text)) >= _LOCK_BYTES and text["error"]:  # (it must fit)
+            text["error"] = text["error"][: -max(1, len(text["error"]) // 4)]
+        with contextlib.suppress(OSError):  # best effort: the message was already shown
+            self._write(text)
+
+    def _write(self, text: dict[str, Any]) -> None:
+        data = json.dumps(text).encode()[: _LOCK_BYTES - 1]
+        assert self._fd is not None
+        os.pwrite(self._fd, data.ljust(_LOCK_BYTES - 1) + b"\n", 0)
+        os.fsync(self._fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # (closing the last descriptor releases the flock)
+            self._fd = None
+
+    def __del__(self) -> None:  # a RunDir dropped without unlock(): close quietly
+        self.release()
+
+
+def _flock(fd: int, mode: int, *, wait: float) -> bool:
+    """``flock(fd, mode)`` without blocking, retried for ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
+def _read_lock_text(fd: int) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        text = json.loads(os.pread(fd, _LOCK_BYTES, 0).decode("utf-8").strip() or "{}")
+        if isinstance(text, dict):
+            return text
+    return {}
+
+
+def lock_holder(folder: Path) -> dict[str, Any] | None:
+    """The lock file's text if a live process holds FOLDER's lock (``{}`` if unreadable
+    or when the filesystem cannot tell), None if none does."""
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return None  # every writer creates the lock file before it writes anything
+    except OSError:
+        return {}
+    try:
+        if _flock(fd, fcntl.LOCK_SH, wait=0):
+            return None  # (closing the descriptor below releases the probe at once)
+        return _read_lock_text(fd)
+    except OSError:  # no locks on this filesystem: assume the status file tells the truth
+        return {}
+    finally:
+        os.close(fd)
+
+
+def _last_holder(folder: Path) -> dict[str, Any]:
+    """The lock file's text (the last process that held the lock)."""
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return {}
+    try:
+        return _read_lock_text(fd)
+    finally:
+        os.close(fd)
+
+
+def _abandoned_staging(folder: Path) -> bool:
+    """Whether a ``.incomplete-*`` folder was left by a creator that is gone: its lock is
+    free (a live creator holds it from just after ``mkdir`` until the rename)."""
+    if not (folder / LOCK_FILE).exists():
+        return time.time() - folder.stat().st_mtime > STAGING_GRACE_S
+    if lock_holder(folder) is not None:
+        return False
+    # A free lock with a pid: the creator died. Empty: it may be just about to lock.
+    return bool(_last_holder(folder)) or time.time() - folder.stat().st_mtime > STAGING_GRACE_S
+
+
+def remove_abandoned_staging(root: Path) -> list[Path]:
+    """Delete the staging folders in ``root`` whose creators were killed (a live
+    creator's is kept); cleaning up must never keep a new run from starting."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for folder in sorted(root.glob(".incomplete-*")):
+            with contextlib.suppress(OSError):
+                if folder.is_dir() and _abandoned_staging(folder):
+                    shutil.rmtree(folder)
+                    removed.append(folder)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------
 # Run directory
 # ---------------------------------------------------------------------------------------
 
@@ -204,29 +412,43 @@ class Checkpoint:
     def prefix(self) -> str:
         return str(self.path / "ckpt")
 
+    @property
+    def saved_at(self) -> float:
+        """When it was saved (``time.time()``): what was logged later belongs to epochs
+        after it. (Older checkpoints lack the field: their manifest's time, written last.)"""
+        saved = self.state.get("saved_at") if isinstance(self.state, dict) else None
+        if isinstance(saved, (int, float)) and not isinstance(saved, bool):
+            return float(saved)
+        return (self.path / MANIFEST).stat().st_mtime
+
 
 class RunDir:
     """A run directory and the operations on it."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock: RunLock | None = None
 
     # -- creation ------------------------------------------------------------------------
 
     @classmethod
     def create(cls, root: str | Path, name: str,
                fill: Callable[[RunDir], None] = lambda run: None) -> RunDir:
-        """A new run directory ``root/<name>-<timestamp>`` (never an existing one).
+        """A new run directory ``root/<name>-<timestamp>`` (never an existing one), locked
+        by this process (:meth:`unlock` when the run ends).
 
         ``fill`` writes the first files (config, run.json) into a hidden staging folder
         ``root/.incomplete-*`` that is then renamed into place, so the run directory
         appears complete or not at all: a kill at any instant leaves either nothing to
         resume or a folder that ``--resume`` can continue (never one without its config).
+        The lock is taken in the staging folder before ``fill`` and moves with the rename;
+        staging folders of killed creators (their lock is free) are removed first.
         """
         root = Path(root)
         base = f"{safe_name(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
             root.mkdir(parents=True, exist_ok=True)
+            remove_abandoned_staging(root)
             staging = cls(root / f".incomplete-{base}-{os.urandom(4).hex()}")
             staging.path.mkdir()  # (not mkdtemp: a run directory keeps the umask's mode)
         except OSError as exc:
@@ -234,26 +456,23 @@ class RunDir:
                             f"{exc.strerror or exc}; choose another folder with --output") \
                 from None
         try:
+            staging.lock()
             fill(staging)
-            for i in range(1000):
-                candidate = root / (base if i == 0 else f"{base}-{i}")
-                if candidate.exists():  # rename() would replace an empty folder
-                    continue
-                try:
-                    os.rename(staging.path, candidate)
-                except (FileExistsError, IsADirectoryError, NotADirectoryError):
-                    continue
-                except OSError as exc:
-                    if exc.errno != errno.ENOTEMPTY:
-                        raise
-                    continue
-                _fsync_dir(root)
-                return cls(candidate)
+            final = _rename_to_free_name(staging.path, root, base)
         except OSError as exc:
+            staging.unlock()
             raise _write_error(root, exc) from None
+        except BaseException:
+            staging.unlock()
+            raise
         finally:  # the staging folder is gone after the rename; otherwise remove it
             shutil.rmtree(staging.path, ignore_errors=True)
-        raise UserError(f"too many runs named {base!r} in {root}")
+        if final is None:
+            staging.unlock()
+            raise UserError(f"too many runs named {base!r} in {root}")
+        run = cls(final)
+        run._lock, staging._lock = staging._lock, None
+        return run
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
@@ -266,14 +485,57 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    # -- the lock --------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Take the run's lock (before this process writes anything into it); a
+        :class:`RunBusyError` (exit 2) names the live process that holds it."""
+        if self._lock is None:
+            self._lock = RunLock.acquire(self.path)
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def record_end(self, status: str, error: str) -> None:
+        """How the run ended, kept in the lock file for when run.json cannot be written."""
+        if self._lock is not None:
+            self._lock.record_end(status, error)
+
     # -- status --------------------------------------------------------------------------
 
     def read_status(self) -> dict[str, Any]:
+        """run.json as it is true now: a ``starting``/``running`` status whose lock no
+        live process holds reads ``interrupted`` (the process was killed), or ``failed``
+        with the reason its process left in the lock file when it could not write
+        run.json (a full disk). Reading never writes: the next writer fixes the file."""
+        status = self.read_status_file()
+        if isinstance(status, dict) and status.get("status") in LIVE_STATUSES \
+                and lock_holder(self.path) is None:
+            ended = _last_holder(self.path)
+            if ended.get("ended"):
+                return {**status, "status": ended["ended"], "error": ended.get("error")}
+            return {**status, "status": "interrupted"}
+        return status
+
+    def effective_status(self) -> str | None:
+        """The run's status as :meth:`read_status` tells it (None if unreadable)."""
+        status = self.read_status_safely()
+        return status.get("status") if isinstance(status, dict) else None
+
+    def read_status_file(self) -> dict[str, Any]:
+        """run.json as written (``running`` even if its process is gone)."""
         path = self.file(RUN_FILE)
         return read_json(path) if path.exists() else {}
 
     def write_status(self, **fields: Any) -> dict[str, Any]:
-        status = {**self.read_status_safely(), **fields}
+        """Update run.json (by the process that holds the lock)."""
+        try:
+            old = self.read_status_file()
+        except UserError:
+            old = {}
+        status = {**(old if isinstance(old, dict) else {}), **fields}
         atomic_write_json(self.file(RUN_FILE), status)
         return status
 
@@ -286,18 +548,60 @@ class RunDir:
     # -- metrics ---------------------------------------------------------------------------
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite metrics.csv and metrics.jsonl from the full history (one row an epoch)."""
+        """Rewrite metrics.csv and metrics.jsonl from the full history (one row an epoch),
+        both in the CSV's column order (:meth:`metric_columns`)."""
+        columns = self.metric_columns(history)
+        rows = [{k: row[k] for k in columns if k in row} for row in history]
         atomic_write_text(self.file("metrics.jsonl"),
                           "".join(json.dumps(row, default=_json_default) + "\n"
-                                  for row in history))
-        columns: list[str] = []
-        for row in history:
-            columns += [k for k in row if k not in columns]
+                                  for row in rows))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows(rows)
         atomic_write_text(self.file("metrics.csv"), buffer.getvalue())
+
+    def metric_columns(self, history: list[dict[str, Any]]) -> list[str]:
+        """metrics.csv's columns: fixed when the file is created (``epoch``, then the
+        first row's order), new keys appended at the end, never reordered, so scripts
+        that read columns by position keep working across a resume."""
+        columns = self._csv_header() or ["epoch"]
+        for row in history:
+            columns += [k for k in row if k not in columns]
+        return columns
+
+    def _csv_header(self) -> list[str]:
+        try:
+            with self.file("metrics.csv").open(newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), [])
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return []
+        # (A file that does not start with our header is not ours to follow.)
+        return list(dict.fromkeys(c for c in header if c)) if "epoch" in header else []
+
+    # -- TensorBoard -------------------------------------------------------------------------
+
+    def drop_events_after(self, cutoff: float | None) -> None:
+        """Remove the TensorBoard events logged after ``cutoff`` (a checkpoint's
+        ``saved_at``; None: all of them), so a resumed run, which logs the epochs after
+        its checkpoint again, shows each (tag, step) once. Event files are rewritten
+        atomically; files left with no event are deleted."""
+        from bnn_cli._keras import tf
+
+        folder = self.file("tensorboard")
+        if not folder.is_dir():
+            return
+        for leftover in folder.rglob(".*tfevents*"):  # temporaries of a rewrite cut short
+            leftover.unlink(missing_ok=True)
+        for path in sorted(folder.rglob("*tfevents*")):
+            try:
+                if path.is_file():
+                    _drop_events(path, -math.inf if cutoff is None else cutoff)
+            except (OSError, UserError, tf.errors.OpError) as exc:
+                # The file is kept as it was (atomic rewrite): TensorBoard may show some
+                # steps twice, which is no reason to keep a run from resuming.
+                _warn(f"warning: could not remove the events after the checkpoint from "
+                      f"{path}: {getattr(exc, 'message', None) or exc}")
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -309,7 +613,7 @@ class RunDir:
     def new_checkpoint(self, epoch: int) -> Iterator[Path]:
         """A temporary folder to fill; on success it becomes ``epoch-NNNN`` atomically."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=self.checkpoints))
+        tmp = _new_temp_dir(self.checkpoints, ".incomplete-")
         try:
             yield tmp
             files = [p for p in sorted(tmp.iterdir()) if p.is_file()]
@@ -321,7 +625,7 @@ class RunDir:
                 # A re-run of an epoch after a crash (no pointer names the old folder any
                 # more): move it aside in one rename rather than deleting it in place, so
                 # a kill never leaves a half-deleted folder under a checkpoint's name.
-                stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=self.checkpoints))
+                stale = _new_temp_dir(self.checkpoints, ".stale-")
                 os.replace(final, stale / final.name)
             os.replace(tmp, final)
             _fsync_dir(self.checkpoints)
@@ -411,6 +715,51 @@ class RunDir:
             return self.load_checkpoint(target.stem)
         folder = target if target.is_dir() else target.parent
         return self.verify(folder)
+
+
+def _rename_to_free_name(staging: Path, root: Path, base: str) -> Path | None:
+    """Rename ``staging`` to ``root/base`` (or ``base-1``, ...): the first that is free."""
+    for i in range(1000):
+        candidate = root / (base if i == 0 else f"{base}-{i}")
+        if candidate.exists():  # rename() would replace an empty folder
+            continue
+        try:
+            os.rename(staging, candidate)
+        except (FileExistsError, IsADirectoryError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise
+            continue
+        _fsync_dir(root)
+        return candidate
+    return None
+
+
+def _drop_events(path: Path, cutoff: float) -> None:
+    """Keep the events of one event file logged at or before ``cutoff``: event times
+    (``wall_time``) sort them by epoch whatever a tag's step counts (epochs, iterations),
+    because an epoch's events are all logged before its checkpoint is saved."""
+    from bnn_cli._keras import tf
+
+    events = []
+    with contextlib.suppress(tf.errors.DataLossError):  # a last record cut short by a kill
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            events.append(event)
+    kept = [e for e in events if e.wall_time <= cutoff or e.HasField("file_version")]
+    if len(kept) == len(events):
+        return
+    if all(e.HasField("file_version") for e in kept):
+        path.unlink()
+        _fsync_dir(path.parent)
+        return
+
+    def write(tmp: Path) -> None:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:  # (the event files' own format)
+            for event in kept:
+                writer.write(event.SerializeToString())
+
+    atomic_save(path, write)
 
 
 def find_run_dir(target: Path) -> RunDir | None:

@@ -31,6 +31,7 @@ from bnn_cli import data as datamod
 from bnn_cli._keras import keras, tf
 from bnn_cli.errors import UserError, error_text
 from bnn_cli.runs import (
+    LIVE_STATUSES,
     Checkpoint,
     RunDir,
     atomic_save,
@@ -304,7 +305,10 @@ def _save_checkpoint(job: Job, state: LoopState, improved: bool) -> None:
             raise UserError(f"cannot write a checkpoint in {run.checkpoints}: {exc.message}. "
                             "Free space or choose another output folder with --output; the "
                             "previous checkpoint is kept and the run can be resumed") from None
-        atomic_write_json(folder / "state.json", state.as_dict())
+        # saved_at tells a resume which TensorBoard events came after this checkpoint;
+        # unsorted, the history rows keep their metrics' order.
+        atomic_write_json(folder / "state.json", {**state.as_dict(), "saved_at": time.time()},
+                          sort_keys=False)
     run.point("last", state.epoch)
     if improved:
         run.point("best", state.epoch)
@@ -514,22 +518,32 @@ def train_from_config(config_path: str | Path, overrides: list[str], *,
                          started=time.strftime("%Y-%m-%dT%H:%M:%S"))
         _write_run_files(run, config, overrides, job.model, plugins)
 
-    run = job.run = RunDir.create(output_root, config.name, fill)
-    sys.stderr.write(f"run directory: {run.path}\n")
-    return run_loop(job, LoopState())
+    run = job.run = RunDir.create(output_root, config.name, fill)  # (locked)
+    with _ending_recorded(run):
+        sys.stderr.write(f"run directory: {run.path}\n")
+        return run_loop(job, LoopState())
 
 
-def load_run_config(run: RunDir, data_dir: str | None = None) -> CheckedConfig:
-    """The config a run was started with (with its overrides and plugins), checked."""
+def load_run_config(run: RunDir, data_dir: str | None = None, *,
+                    trust_plugins: bool = False) -> CheckedConfig:
+    """The config a run was started with (with its overrides and plugins), checked.
+
+    A run directory may come from elsewhere and importing a plugin runs its code, so
+    the plugins it names (config.yaml's, overrides.json's) are imported only with
+    ``trust_plugins``; without it, naming any is a UserError that names them."""
+    from bnn_cli.vetting import refuse_run_plugins
+
     extras = read_json(run.file("overrides.json")) if run.file("overrides.json").is_file() \
         else {}
     if not isinstance(extras, dict):
         raise UserError(f"{run.file('overrides.json')} is corrupted: not a JSON object")
     source = run.read_status_safely().get("config_path")
-    return check(run.file("config.yaml"), list(extras.get("overrides", [])),
-                 plugins=extras.get("plugins", []), data_dir=data_dir,
-                 # plugins are relative to the original config's folder
-                 plugin_base=Path(source).parent if source else None)
+    overrides, plugins = list(extras.get("overrides", [])), extras.get("plugins", [])
+    base = Path(source).parent if source else None  # plugins: relative to the original config
+    if not trust_plugins:
+        refuse_run_plugins(run, overrides, plugins, base)
+    return check(run.file("config.yaml"), overrides, plugins=plugins, data_dir=data_dir,
+                 plugin_base=base)
 
 
 def restore(job: Job, checkpoint: Checkpoint, *, partial: bool = False) -> None:
@@ -549,44 +563,99 @@ def restore(job: Job, checkpoint: Checkpoint, *, partial: bool = False) -> None:
 
 
 def resume_run(run_path: str | Path, *, data_dir: str | None = None,
-               config_path: str | Path | None = None) -> TrainResult:
+               config_path: str | Path | None = None,
+               trust_plugins: bool = False) -> TrainResult:
     """``bnn train [CONFIG] --resume RUN_DIR``: continue from the last good checkpoint,
-    with the run's stored config (a given ``config_path`` is only compared with it)."""
+    with the run's stored config (a given ``config_path`` is only compared with it).
+    The run's lock is taken before anything is written; a live holder is an error."""
     run = RunDir.open(run_path)
     if config_path is not None:
         _warn_if_config_differs(run, Path(config_path))
-    try:
-        status = run.read_status()
-    except UserError as exc:  # run.json is rewritten below; the checkpoints hold the state
-        sys.stderr.write(f"warning: {exc}; it will be rewritten\n")
-        status = {}
-    if status.get("status") == "completed":
-        # Not an error: a kill can land after the run recorded its completion (while the
-        # process exits), and `--resume` after any kill must end with a finished run.
-        sys.stderr.write(f"{run.path} already completed; nothing to resume\n")
-        history = []
-        with contextlib.suppress(OSError, ValueError):
-            history = [json.loads(x) for x in run.file("metrics.jsonl").read_text().splitlines()]
-        return TrainResult(run.path, "completed", EXIT_OK, history)
-    job = prepare(load_run_config(run, data_dir), run)
-    config = job.config
+    if run.effective_status() == "completed":  # (before the lock: a no-op writes nothing)
+        return _already_completed(run)
+    # Checking writes nothing, so a config (or plugin) refused here leaves the run as it
+    # was: interrupted, resumable once the problem is fixed.
+    checked = load_run_config(run, data_dir, trust_plugins=trust_plugins)
+    run.lock()
+    with _ending_recorded(run):
+        try:
+            status = run.read_status()
+        except UserError as exc:  # run.json is rewritten below; the checkpoints hold the state
+            sys.stderr.write(f"warning: {exc}; it will be rewritten\n")
+            status = {}
+        if status.get("status") == "completed":  # (completed while we took the lock)
+            return _already_completed(run)
+        return _resume(prepare(checked, run))
+
+
+def _already_completed(run: RunDir) -> TrainResult:
+    # Not an error: a kill can land after the run recorded its completion (while the
+    # process exits), and `--resume` after any kill must end with a finished run.
+    sys.stderr.write(f"{run.path} already completed; nothing to resume\n")
+    history = []
+    with contextlib.suppress(OSError, ValueError):
+        history = [json.loads(x) for x in run.file("metrics.jsonl").read_text().splitlines()]
+    return TrainResult(run.path, "completed", EXIT_OK, history)
+
+
+def _resume(job: Job) -> TrainResult:
+    """Restore the last good checkpoint into a prepared job and train on from it."""
+    run, config = job.run, job.config
     check_training_step(job)  # (as a new run does: the same traces, the same numbers)
+    saved_at = None
     if any(run.checkpoints.glob("epoch-*")):
         checkpoint = run.load_checkpoint("last")
         restore(job, checkpoint)
         state = LoopState.from_dict(checkpoint.state)
         run.align_pointers(state.epoch, state.best_epoch)
+        saved_at = checkpoint.saved_at
     else:  # stopped before the first epoch ended: start over in the same folder
         state = LoopState()
     # The history comes from the checkpoint's state, so epochs after it (written before
-    # the kill, or after a corrupt checkpoint that was skipped) are dropped here and
-    # appear again, once, when they are re-run.
+    # the kill, or after a corrupt checkpoint that was skipped) are dropped here, in the
+    # metrics files and in TensorBoard's, and appear again, once, when they are re-run.
     run.write_metrics(state.history or [])
+    run.drop_events_after(saved_at)
     run.write_status(status="running", epochs_done=state.epoch)
     sys.stderr.write(f"resuming {run.path} after epoch {state.epoch}\n")
     if _training_done(config.spec.training, state):  # killed (or failed) while finishing
         return _finish(job, state)
     return run_loop(job, state)
+
+
+@contextlib.contextmanager
+def _ending_recorded(run: RunDir) -> Iterator[None]:
+    """While this process works in ``run`` (holding its lock): an exception that ends
+    the run leaves its status saying so, never ``running``; the lock is released at the
+    end, however it comes."""
+    try:
+        yield
+    except KeyboardInterrupt:  # a second signal (or one before the handlers were set)
+        _record_end(run, "interrupted", "stopped at once, without saving a checkpoint")
+        raise
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, UserError) else \
+            f"{type(exc).__name__}: {error_text(exc)}"
+        _record_end(run, "failed", reason)
+        raise
+    finally:
+        run.unlock()
+
+
+def _record_end(run: RunDir, status: str, error: str) -> None:
+    """Write how the run ended into run.json, unless the loop already did (failed,
+    interrupted); if run.json cannot be written (a full disk), into the lock file, which
+    the next reader of the run consults (:meth:`RunDir.read_status`)."""
+    try:
+        current = run.read_status_file().get("status")
+    except (UserError, AttributeError):  # unreadable or not an object: rewrite it
+        current = "running"
+    if current not in LIVE_STATUSES:
+        return
+    try:
+        run.write_status(status=status, error=error)
+    except UserError:
+        run.record_end(status, error)
 
 
 def _training_done(training: TrainingConfig, state: LoopState) -> bool:
