@@ -72,3 +72,17 @@ def dataset_for(dataset: str, tmp_path):
             yield data_dir
     else:
         yield str(tmp_path)
+
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+TINY = ["training.epochs=1", "training.steps_per_epoch=3", "training.batch_size=16"]
+"""Overrides that make the quickstart a run of a few seconds."""
+
+
+def train_tiny(output, *extra: str):
+    """Train the tiny quickstart into ``output`` (a fresh folder); its run directory."""
+    from bnn_cli.cli import main
+
+    assert main(["train", str(QUICKSTART), *TINY, *extra, "--output", str(output)]) == 0
+    (run,) = [p for p in output.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return run

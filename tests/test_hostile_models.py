@@ -22,14 +22,11 @@ from types import SimpleNamespace
 import h5py
 import numpy as np
 import pytest
+from conftest import QUICKSTART, train_tiny
 
 from bnn_cli import vetting
 from bnn_cli.cli import main
 from bnn_cli.errors import UserError
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-TINY = ["training.epochs=1", "training.steps_per_epoch=3", "training.batch_size=16"]
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +34,7 @@ def trained(tmp_path_factory) -> SimpleNamespace:
     """A tiny quickstart run and its final model saved outside it as .keras and .h5."""
     from bnn_cli import models
 
-    out = tmp_path_factory.mktemp("runs")
-    assert main(["train", str(QUICKSTART), *TINY, "--output", str(out)]) == 0
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    run = train_tiny(tmp_path_factory.mktemp("runs"))
     files = tmp_path_factory.mktemp("files")
     model = models.load_model(run / "model.keras", compile=False)  # (our own file: trusted)
     model.save(files / "model.keras")

@@ -18,21 +18,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import QUICKSTART, train_tiny
 
 from bnn_cli import evaluation, runs
 from bnn_cli.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-TINY = ["training.epochs=1", "training.steps_per_epoch=3", "training.batch_size=16"]
-
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    assert main(["train", str(QUICKSTART), *TINY, "--output", str(out)]) == 0
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
-    return run
+    return train_tiny(tmp_path_factory.mktemp("runs"))
 
 
 @pytest.fixture
