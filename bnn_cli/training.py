@@ -367,8 +367,8 @@ def run_loop(job: Job, state: LoopState) -> TrainResult:
                              best={monitor: state.best_value, "epoch": state.best_epoch},
                              final=row, wall_time=round(state.wall_time, 2))
             if stop and state.wait > stop.patience:
-                sys.stderr.write(f"early stopping: {monitor} has not improved for "
-                                 f"{state.wait} epochs\n")
+                sys.stderr.write(f"early stopping: {stop.monitor or monitor} has not "
+                                 f"improved for {state.wait} epochs\n")
                 break
     return _finish(job, state)
 
