@@ -244,6 +244,39 @@ def evaluate(
         typer.echo(f"warning: {report.unsaved}", err=True)
 
 
+@app.command()
+def export(
+    target: Annotated[Path, typer.Argument(
+        help="A run directory, a checkpoint folder (or a file in it) that a run wrote, "
+             "or a saved model file (.keras, .h5, .hdf5) with --config.")],
+    format_: Annotated[str, typer.Option(
+        "--format", help="keras, saved_model, tflite, or lce (Larq Compute Engine; needs "
+                         "the larq-compute-engine package).")],
+    output: Annotated[Path | None, typer.Option(help="File (or SavedModel folder) to write "
+                                                     "(default: RUN/export/).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] =
+    "best",
+    latent: Annotated[bool, typer.Option("--latent", help="Keep the training form (latent "
+                                                          "weights, kernel quantizers).")] =
+    False,
+    data_dir: DataDir = None,
+    json_: JsonFlag = False,
+    config: Annotated[Path | None, typer.Option(
+        help="Config that builds the model; needed for a model file outside a run.")] = None,
+    trust_plugins: TrustPlugins = False,
+) -> None:
+    """Export a trained model for inference and check it against the trained model."""
+    from bnn_cli.export import export_target
+
+    report = export_target(target, fmt=format_, output=output, checkpoint=checkpoint,
+                           latent=latent, data_dir=data_dir, config=config,
+                           trust_plugins=trust_plugins)
+    if json_:
+        _echo_json(report.as_dict())
+    else:
+        report.print()
+
+
 def _click_exceptions():
     """Click's exception classes (recent Typer releases vendor Click)."""
     try:

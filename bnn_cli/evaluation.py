@@ -132,10 +132,19 @@ def _splits_overlap(cfg: Config, data_dir: str | None, a: str, b: str) -> bool:
 _load_model_file = load_vetted_model
 
 
-def evaluate_target(target: str | Path, *, split: str | None = None, checkpoint: str = "best",
-                    data_dir: str | None = None, config: str | Path | None = None,
-                    trust_plugins: bool = False) -> EvalReport:
-    """Evaluate a run directory / checkpoint / model file; write results into the run.
+@dataclass
+class Target:
+    """What a target (run directory, checkpoint, model file) resolved to."""
+
+    job: Job  # the model built from the checked config; a model file's weights loaded
+    run: RunDir | None
+    checkpoint: Checkpoint | None  # for a run or checkpoint target (not yet restored)
+    run_config: Config | None  # the run's own config, when it was the one used
+
+
+def load_target(target: str | Path, *, checkpoint: str = "best", data_dir: str | None = None,
+                config: str | Path | None = None, trust_plugins: bool = False) -> Target:
+    """Resolve a target as ``bnn eval`` and ``bnn export`` take it.
 
     The model is always built from a checked config (``config``, else the run's stored
     one, whose plugins are imported only with ``trust_plugins``); a model file gives
@@ -150,28 +159,42 @@ def evaluate_target(target: str | Path, *, split: str | None = None, checkpoint:
         raise UserError(f"--checkpoint must be 'best' or 'last', not {checkpoint!r}")
     kind, run = _classify(target)
     if config is None and run is None:
-        raise UserError(f"{target} is not inside a run directory, so nothing says which data "
-                        "to evaluate on; pass --config CONFIG.yaml")
+        raise UserError(f"{target} is not inside a run directory, so nothing says which "
+                        "model it holds or which data it is for; pass --config CONFIG.yaml")
     checked = check(config, data_dir=data_dir) if config else \
         load_run_config(run, data_dir, trust_plugins=trust_plugins)
-    run_cfg = checked.config if config is None else None
-    cfg = checked.config
     if kind == "model":
         # Fail closed: a file that names code is refused, though only its weights are read.
         vet_model_file(target)
     job = prepare(checked, run or RunDir(target.parent))
-    split = split or cfg.spec.data.test_split
+    run_config = checked.config if config is None else None
     if kind == "model":
         read_weights(job.model, target)
-        return _evaluate(job.model, cfg, job.data_dir, split, run, str(target), None, None)
+        return Target(job, run, None, run_config)
     assert run is not None  # (_classify: checkpoints and runs are inside a run)
     ckpt = (run.load_checkpoint(checkpoint) if target in (run.path, run.checkpoints)
             else run.resolve_checkpoint(target))
+    return Target(job, run, ckpt, run_config)
+
+
+def evaluate_target(target: str | Path, *, split: str | None = None, checkpoint: str = "best",
+                    data_dir: str | None = None, config: str | Path | None = None,
+                    trust_plugins: bool = False) -> EvalReport:
+    """Evaluate a run directory / checkpoint / model file; write results into the run."""
+    found = load_target(target, checkpoint=checkpoint, data_dir=data_dir, config=config,
+                        trust_plugins=trust_plugins)
+    job, run, ckpt = found.job, found.run, found.checkpoint
+    split = split or job.config.spec.data.test_split
+    if ckpt is None:
+        return _evaluate(job.model, job.config, job.data_dir, split, run, str(target), None,
+                         None)
+    target = Path(target)
     named = target.stem if target.name in ("best.json", "last.json") else checkpoint
     pointer = _pointer_naming(run, ckpt, prefer=named)
     selected = None
     if pointer == "best":
-        selected = selection(run_cfg or _stored_run_config(run, trust_plugins) or cfg)
+        selected = selection(found.run_config or _stored_run_config(run, trust_plugins)
+                             or job.config)
     return evaluate_checkpoint(job, ckpt, split, str(target), pointer, selected)
 
 
@@ -207,8 +230,8 @@ def _classify(target: Path) -> tuple[str, RunDir | None]:
         if run is not None and run.checkpoints in target.parents:
             return "checkpoint", run
         kind = f"'{target.suffix}' files" if target.suffix else "files without a suffix"
-        raise UserError(f"{target}: `bnn eval` does not read {kind} (outside a run's "
-                        f"checkpoints/ folder); {WHAT_TARGETS_ARE}")
+        raise UserError(f"{target}: `bnn eval` (or `bnn export`) does not read {kind} "
+                        f"(outside a run's checkpoints/ folder); {WHAT_TARGETS_ARE}")
     run = find_run_dir(target)
     if run is None:
         raise _not_a_run(target)

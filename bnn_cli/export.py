@@ -1,0 +1,316 @@
+"""``bnn export``: a trained model -> an inference file, checked against the trained model.
+
+Formats: Keras (``.keras``), SavedModel, TFLite (float32) and, with the optional
+``larq-compute-engine`` package, LCE (a ``.tflite`` with bitpacked binary operations).
+
+The inference form applies each quantized layer's kernel quantizers once: the stored
+kernels are their quantized values (exactly +-1 for sign quantizers, +-scale per channel
+for magnitude-aware sign) and the layers no longer quantize them; input quantizers stay,
+as they act on activations. After writing, the file is loaded through its own runtime
+and its predictions on the config's test split are compared with the trained model's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnn_cli._keras import keras, tf
+from bnn_cli.errors import UserError
+from bnn_cli.runs import RunDir, atomic_save, atomic_write_bytes, atomic_write_json
+
+FORMATS = ("keras", "saved_model", "tflite", "lce")
+_FILE_NAMES = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite",
+               "lce": "model-lce.tflite"}
+LCE_INSTALL = "pip install larq-compute-engine==0.16.0"
+
+
+@dataclass
+class ExportReport:
+    format: str
+    path: str
+    latent: bool
+    checkpoint: str | None
+    size_bytes: int
+    float32_size_bytes: int  # the latent (training-form) model, saved without its optimizer
+    examples: int
+    top1_agreement: float
+    max_prob_diff: float
+    check_file: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def print(self) -> None:
+        source = f" from {self.checkpoint}" if self.checkpoint else ""
+        form = "latent (training form)" if self.latent else "inference (quantized kernels)"
+        print(f"wrote {self.path} ({self.format}, {form}{source})")
+        print(f"size: {_human(self.size_bytes)} (float32 latent model: "
+              f"{_human(self.float32_size_bytes)})")
+        print(f"check on {self.examples} test examples: top-1 agreement "
+              f"{self.top1_agreement:.2%}, largest probability difference "
+              f"{self.max_prob_diff:.3g} ({self.check_file})")
+
+
+def _human(size: int) -> str:
+    return f"{size / 1024:.1f} KiB ({size} bytes)"
+
+
+# ---------------------------------------------------------------------------------------
+# The inference model.
+# ---------------------------------------------------------------------------------------
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` whose quantized kernels hold their quantized values and whose
+    layers no longer quantize them (no optimizer, no latent weights)."""
+    from bnn_cli.layers import QuantizerMixin
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        if isinstance(layer, QuantizerMixin):
+            config.update({arg: None for arg, _ in layer._quantized_weights})
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for old, new in zip(model.layers, copy.layers, strict=True):
+        new.set_weights(_exported_weights(old))
+    return copy
+
+
+def latent_model(model: keras.Model) -> keras.Model:
+    """An uncompiled copy of ``model`` (the training form without its optimizer)."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _exported_weights(layer: keras.layers.Layer) -> list[np.ndarray]:
+    """The layer's weights in order, each quantized variable replaced by its value."""
+    from bnn_cli.layers import QuantizerMixin
+
+    if not isinstance(layer, QuantizerMixin):
+        return layer.get_weights()
+    quantized = {id(getattr(layer, attr)): value
+                 for attr, value in layer.quantized_weights().items()}
+    return [np.asarray(quantized.get(id(w), w)) for w in layer.weights]
+
+
+# ---------------------------------------------------------------------------------------
+# Writing, one function per format.
+# ---------------------------------------------------------------------------------------
+
+
+def _write_keras(model: keras.Model, path: Path) -> None:
+    atomic_save(path, lambda tmp: model.save(tmp))
+
+
+def _write_saved_model(model: keras.Model, path: Path) -> None:
+    # Keras's inference-only SavedModel (a `serve` endpoint, no training state).
+    _atomic_folder(path, lambda tmp: model.export(str(tmp)))
+
+
+def _write_tflite(model: keras.Model, path: Path) -> None:
+    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    atomic_write_bytes(path, flatbuffer)
+
+
+def _write_lce(model: keras.Model, path: Path) -> None:
+    # Binary layers become LCE's bitpacked operations (LceBconv2d, LceQuantize).
+    atomic_write_bytes(path, _lce().convert_keras_model(model))
+
+
+_WRITERS: dict[str, Callable[[keras.Model, Path], None]] = {
+    "keras": _write_keras, "saved_model": _write_saved_model, "tflite": _write_tflite,
+    "lce": _write_lce}
+
+
+def _lce() -> Any:
+    """The optional Larq Compute Engine package, or a UserError saying how to install it."""
+    try:
+        import larq_compute_engine
+    except ImportError as exc:
+        raise UserError(f"--format lce needs the optional package larq-compute-engine, "
+                        f"which is not installed ({exc}); install it with `{LCE_INSTALL}`, "
+                        "or export --format tflite") from None
+    return larq_compute_engine
+
+
+def _atomic_folder(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` a folder beside ``path``, then swap it in: readers see the old or
+    the new folder, never a half-written one (atomic_save handles files only)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".incomplete", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; readable like the run's folders
+    old = tmp.with_suffix(".old")
+    try:
+        write(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Checking: the export, loaded through its own runtime, against the trained model.
+# ---------------------------------------------------------------------------------------
+
+
+def _predict_keras(path: Path, x: np.ndarray) -> np.ndarray:
+    from bnn_cli.models import load_model
+
+    return load_model(path, compile=False).predict(x, verbose=0)
+
+
+def _predict_saved_model(path: Path, x: np.ndarray) -> np.ndarray:
+    loaded = tf.saved_model.load(str(path))  # (kept: its functions need its variables)
+    return np.concatenate([loaded.serve(tf.constant(b)).numpy() for b in _batches(x)])
+
+
+def _predict_tflite(path: Path, x: np.ndarray) -> np.ndarray:
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    # One call over the whole split: the converted model has a batch size of 1.
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    interpreter.invoke()
+    return interpreter.get_tensor(out["index"])
+
+
+def _predict_lce(path: Path, x: np.ndarray) -> np.ndarray:
+    # TensorFlow's interpreter does not know LCE's operations; LCE's own one does.
+    from larq_compute_engine.tflite.python.interpreter import Interpreter
+
+    return np.asarray(Interpreter(path.read_bytes(), num_threads=1).predict(x))
+
+
+_PREDICTORS: dict[str, Callable[[Path, np.ndarray], np.ndarray]] = {
+    "keras": _predict_keras, "saved_model": _predict_saved_model, "tflite": _predict_tflite,
+    "lce": _predict_lce}
+
+
+def _batches(x: np.ndarray, size: int = 256) -> list[np.ndarray]:
+    return [x[i:i + size] for i in range(0, len(x), size)]
+
+
+def split_inputs(job: Any) -> np.ndarray:
+    """The config's whole test split as one array of (preprocessed) inputs."""
+    from bnn_cli import data
+
+    spec = job.config.spec
+    ds = data.load_split(spec.data, spec.data.test_split, training=False,
+                         batch_size=spec.training.batch_size, seed=None, data_dir=job.data_dir)
+    xs = [x for x, _ in ds.as_numpy_iterator()]
+    if not xs or not isinstance(xs[0], np.ndarray):
+        raise UserError("`bnn export` checks models with one input on a non-empty test "
+                        f"split; {spec.data.test_split!r} gives none or several inputs")
+    return np.concatenate(xs)
+
+
+def agreement(expected: np.ndarray, actual: np.ndarray) -> dict[str, float | int]:
+    """Top-1 agreement and the largest absolute difference of two prediction arrays."""
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    same = np.argmax(expected, axis=-1) == np.argmax(actual, axis=-1)
+    return {"examples": int(len(expected)), "top1_agreement": float(np.mean(same)),
+            "max_prob_diff": float(np.max(np.abs(expected - actual)))}
+
+
+# ---------------------------------------------------------------------------------------
+# The command.
+# ---------------------------------------------------------------------------------------
+
+
+def export_target(target: str | Path, *, fmt: str, output: str | Path | None = None,
+                  checkpoint: str = "best", latent: bool = False, data_dir: str | None = None,
+                  config: str | Path | None = None,
+                  trust_plugins: bool = False) -> ExportReport:
+    """Export a run directory / checkpoint / model file (as ``bnn eval`` resolves it) in
+    ``fmt``, then check the written export against the trained model on the test split."""
+    _check_format(fmt)
+    job, label, run = load_trained(target, checkpoint=checkpoint, data_dir=data_dir,
+                                   config=config, trust_plugins=trust_plugins)
+    path = Path(output) if output else _default_output(Path(target), run, fmt, latent)
+    model = latent_model(job.model) if latent else inference_model(job.model)
+    _make_folder(path.parent)
+    with contextlib.redirect_stdout(sys.stderr):  # Keras prints "Saved artifact at ..."
+        _WRITERS[fmt](model, path)
+    x = split_inputs(job)
+    result = agreement(job.model.predict(x, verbose=0), _PREDICTORS[fmt](path, x))
+    check_file = path.with_name(path.name + ".check.json")
+    report = ExportReport(fmt, str(path), latent, label, _size(path),
+                          _float32_size(job.model), check_file=str(check_file), **result)
+    atomic_write_json(check_file, report.as_dict())
+    return report
+
+
+def _check_format(fmt: str) -> None:
+    """Refuse an unknown format, or lce without its package, before any model is built."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; use --format {' | '.join(FORMATS)}")
+    if fmt == "lce":
+        _lce()
+
+
+def load_trained(target: str | Path, *, checkpoint: str, data_dir: str | None,
+                 config: str | Path | None,
+                 trust_plugins: bool) -> tuple[Any, str | None, RunDir | None]:
+    """The job (model built from the checked config) with the target's weights loaded,
+    the checkpoint's name (None for a model file) and the run directory (if any)."""
+    from bnn_cli.evaluation import load_target
+    from bnn_cli.training import restore
+
+    found = load_target(target, checkpoint=checkpoint, data_dir=data_dir, config=config,
+                        trust_plugins=trust_plugins)
+    if found.checkpoint is None:
+        return found.job, None, found.run
+    restore(found.job, found.checkpoint, partial=True)
+    return found.job, found.checkpoint.path.name, found.run
+
+
+def _default_output(target: Path, run: RunDir | None, fmt: str, latent: bool) -> Path:
+    """``RUN/export/model.tflite`` (``model-latent.*`` with --latent); beside a model file
+    outside a run."""
+    folder = run.path if run is not None else target.parent
+    name = _FILE_NAMES[fmt]
+    if latent:
+        stem, dot, suffix = name.partition(".")
+        name = f"{stem}-latent{dot}{suffix}"
+    return folder / "export" / name
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {folder}: {exc.strerror or exc}; choose "
+                        "another with --output") from None
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _float32_size(model: keras.Model) -> int:
+    """The size of the trained (latent, float32) model as a .keras file without optimizer,
+    the baseline an export's size is read against."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "latent.keras"
+        latent_model(model).save(path)
+        return path.stat().st_size
