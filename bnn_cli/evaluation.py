@@ -21,7 +21,7 @@ from bnn_cli.runs import (
     safe_name,
 )
 from bnn_cli.spec.schema import Config
-from bnn_cli.vetting import load_vetted_model, read_weights, vet_model_file
+from bnn_cli.vetting import read_weights, vet_model_file
 
 if TYPE_CHECKING:
     from bnn_cli.training import Job
@@ -126,10 +126,6 @@ def _splits_overlap(cfg: Config, data_dir: str | None, a: str, b: str) -> bool:
         return False
     return any(na == nb and sa < eb and sb < ea
                for na, sa, ea in ranges[0] for nb, sb, eb in ranges[1])
-
-
-# A run's final model, its architecture vetted first (the tests read weights through it).
-_load_model_file = load_vetted_model
 
 
 @dataclass

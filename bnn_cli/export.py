@@ -13,8 +13,6 @@ and its predictions on the config's test split are compared with the trained mod
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -26,7 +24,13 @@ import numpy as np
 
 from bnn_cli._keras import keras, tf
 from bnn_cli.errors import UserError
-from bnn_cli.runs import RunDir, atomic_save, atomic_write_bytes, atomic_write_json
+from bnn_cli.runs import (
+    RunDir,
+    atomic_save,
+    atomic_save_folder,
+    atomic_write_bytes,
+    atomic_write_json,
+)
 
 FORMATS = ("keras", "saved_model", "tflite", "lce")
 _FILE_NAMES = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite",
@@ -116,7 +120,7 @@ def _write_keras(model: keras.Model, path: Path) -> None:
 
 def _write_saved_model(model: keras.Model, path: Path) -> None:
     # Keras's inference-only SavedModel (a `serve` endpoint, no training state).
-    _atomic_folder(path, lambda tmp: model.export(str(tmp)))
+    atomic_save_folder(path, lambda tmp: model.export(str(tmp)))
 
 
 def _write_tflite(model: keras.Model, path: Path) -> None:
@@ -143,26 +147,6 @@ def _lce() -> Any:
                         f"which is not installed ({exc}); install it with `{LCE_INSTALL}`, "
                         "or export --format tflite") from None
     return larq_compute_engine
-
-
-def _atomic_folder(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` a folder beside ``path``, then swap it in: readers see the old or
-    the new folder, never a half-written one (atomic_save handles files only)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".incomplete", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; readable like the run's folders
-    old = tmp.with_suffix(".old")
-    try:
-        write(tmp)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        for leftover in (tmp, old):
-            shutil.rmtree(leftover, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -147,6 +147,29 @@ def atomic_save(path: str | Path, write: Callable[[Path], Any]) -> None:
     _swap_in(tmp, path, fill)
 
 
+def atomic_save_folder(path: str | Path, write: Callable[[Path], Any]) -> None:
+    """Let ``write(tmp)`` fill a new folder beside ``path`` (e.g. a SavedModel), then put
+    it in place of ``path``: readers see the old or the new folder, never a half-written
+    one (between the two renames, for a moment, none)."""
+    path = Path(path)
+    try:
+        tmp = _new_temp_dir(path.parent, f".{path.name}.incomplete.")
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    old = tmp.with_name(tmp.name + ".old")
+    try:
+        write(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    finally:
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
 def _swap_in(tmp: Path, path: Path, fill: Callable[[], Any]) -> None:
     """``fill()`` the temporary file, then rename it over ``path`` (atomic on POSIX) and
     sync the folder; on failure remove the temporary file and keep ``path`` as it was."""

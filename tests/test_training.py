@@ -39,9 +39,9 @@ def _train(tmp_path: Path, *extra: str) -> tuple[int, Path]:
 
 
 def _weights(run: Path) -> list[np.ndarray]:
-    from bnn_cli.evaluation import _load_model_file
+    from bnn_cli.vetting import load_vetted_model
 
-    return _load_model_file(run / "model.keras").get_weights()
+    return load_vetted_model(run / "model.keras").get_weights()
 
 
 @pytest.fixture(scope="module")
