@@ -188,9 +188,9 @@ def read_metrics(run: Path) -> tuple[list[dict], list[dict]]:
 
 
 def load_weights(run: Path) -> list:
-    from bnn_cli.evaluation import _load_model_file
+    from bnn_cli.vetting import load_vetted_model
 
-    return _load_model_file(run / "model.keras").get_weights()
+    return load_vetted_model(run / "model.keras").get_weights()
 
 
 def compare(run: Path, ref: Path, *, rtol: float = RTOL, atol: float = ATOL) -> list[str]:
