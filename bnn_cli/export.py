@@ -31,11 +31,10 @@ from bnn_cli.runs import (
     atomic_write_bytes,
     atomic_write_json,
 )
+from bnn_cli.runtimes import FORMATS, lce_package, load
 
-FORMATS = ("keras", "saved_model", "tflite", "lce")
 _FILE_NAMES = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite",
                "lce": "model-lce.tflite"}
-LCE_INSTALL = "pip install larq-compute-engine==0.16.0"
 
 
 @dataclass
@@ -130,7 +129,7 @@ def _write_tflite(model: keras.Model, path: Path) -> None:
 
 def _write_lce(model: keras.Model, path: Path) -> None:
     # Binary layers become LCE's bitpacked operations (LceBconv2d, LceQuantize).
-    atomic_write_bytes(path, _lce().convert_keras_model(model))
+    atomic_write_bytes(path, lce_package().convert_keras_model(model))
 
 
 _WRITERS: dict[str, Callable[[keras.Model, Path], None]] = {
@@ -138,58 +137,9 @@ _WRITERS: dict[str, Callable[[keras.Model, Path], None]] = {
     "lce": _write_lce}
 
 
-def _lce() -> Any:
-    """The optional Larq Compute Engine package, or a UserError saying how to install it."""
-    try:
-        import larq_compute_engine
-    except ImportError as exc:
-        raise UserError(f"--format lce needs the optional package larq-compute-engine, "
-                        f"which is not installed ({exc}); install it with `{LCE_INSTALL}`, "
-                        "or export --format tflite") from None
-    return larq_compute_engine
-
-
 # ---------------------------------------------------------------------------------------
 # Checking: the export, loaded through its own runtime, against the trained model.
 # ---------------------------------------------------------------------------------------
-
-
-def _predict_keras(path: Path, x: np.ndarray) -> np.ndarray:
-    from bnn_cli.models import load_model
-
-    return load_model(path, compile=False).predict(x, verbose=0)
-
-
-def _predict_saved_model(path: Path, x: np.ndarray) -> np.ndarray:
-    loaded = tf.saved_model.load(str(path))  # (kept: its functions need its variables)
-    return np.concatenate([loaded.serve(tf.constant(b)).numpy() for b in _batches(x)])
-
-
-def _predict_tflite(path: Path, x: np.ndarray) -> np.ndarray:
-    interpreter = tf.lite.Interpreter(model_path=str(path))
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    # One call over the whole split: the converted model has a batch size of 1.
-    interpreter.resize_tensor_input(inp["index"], x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
-    interpreter.invoke()
-    return interpreter.get_tensor(out["index"])
-
-
-def _predict_lce(path: Path, x: np.ndarray) -> np.ndarray:
-    # TensorFlow's interpreter does not know LCE's operations; LCE's own one does.
-    from larq_compute_engine.tflite.python.interpreter import Interpreter
-
-    return np.asarray(Interpreter(path.read_bytes(), num_threads=1).predict(x))
-
-
-_PREDICTORS: dict[str, Callable[[Path, np.ndarray], np.ndarray]] = {
-    "keras": _predict_keras, "saved_model": _predict_saved_model, "tflite": _predict_tflite,
-    "lce": _predict_lce}
-
-
-def _batches(x: np.ndarray, size: int = 256) -> list[np.ndarray]:
-    return [x[i:i + size] for i in range(0, len(x), size)]
 
 
 def split_inputs(job: Any) -> np.ndarray:
@@ -234,7 +184,7 @@ def export_target(target: str | Path, *, fmt: str, output: str | Path | None = N
     with contextlib.redirect_stdout(sys.stderr):  # Keras prints "Saved artifact at ..."
         _WRITERS[fmt](model, path)
     x = split_inputs(job)
-    result = agreement(job.model.predict(x, verbose=0), _PREDICTORS[fmt](path, x))
+    result = agreement(job.model.predict(x, verbose=0), load(path, fmt=fmt).predict(x))
     check_file = path.with_name(path.name + ".check.json")
     report = ExportReport(fmt, str(path), latent, label, _size(path),
                           _float32_size(job.model), check_file=str(check_file), **result)
@@ -247,7 +197,7 @@ def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; use --format {' | '.join(FORMATS)}")
     if fmt == "lce":
-        _lce()
+        lce_package()
 
 
 def load_trained(target: str | Path, *, checkpoint: str, data_dir: str | None,
