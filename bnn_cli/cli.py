@@ -126,11 +126,16 @@ def check(
     json_: JsonFlag = False,
     plugin: Plugins = None,
     data_dir: DataDir = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="lce: also list which quantized layers the Larq Compute Engine "
+                         "converter turns into binary operations, and why not.",
+        show_default=False)] = None,
 ) -> None:
     """Validate a config, build its model and print the summary (no training)."""
     from bnn_cli.spec.report import check_config
 
-    report = check_config(config, overrides or [], plugins=plugin or [], data_dir=data_dir)
+    report = check_config(config, overrides or [], plugins=plugin or [], data_dir=data_dir,
+                          target=target)
     if json_:
         _echo_json(report.as_dict())
     else:
@@ -259,6 +264,10 @@ def export(
     latent: Annotated[bool, typer.Option("--latent", help="Keep the training form (latent "
                                                           "weights, kernel quantizers).")] =
     False,
+    int8: Annotated[bool, typer.Option("--int8", help="tflite: quantize the real-valued "
+                                                      "layers to int8 after training, "
+                                                      "calibrated on the training split.")] =
+    False,
     data_dir: DataDir = None,
     json_: JsonFlag = False,
     config: Annotated[Path | None, typer.Option(
@@ -270,7 +279,64 @@ def export(
 
     report = export_target(target, fmt=format_, output=output, checkpoint=checkpoint,
                            latent=latent, data_dir=data_dir, config=config,
-                           trust_plugins=trust_plugins)
+                           trust_plugins=trust_plugins, int8=int8)
+    if json_:
+        _echo_json(report.as_dict())
+    else:
+        report.print()
+
+
+@app.command("benchmark-model")
+def benchmark_model(
+    file: Annotated[Path, typer.Argument(help="A .tflite file that `bnn export --format "
+                                              "tflite|lce` wrote.")],
+    threads: Annotated[int, typer.Option(help="Interpreter threads.")] = 1,
+    runs: Annotated[int, typer.Option(help="Timed runs of each file.")] = 100,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
+    baseline: Annotated[Path | None, typer.Option(
+        help="The float32 .tflite to compare with (default: model.tflite beside FILE).")] =
+    None,
+    json_: JsonFlag = False,
+) -> None:
+    """Time inference of an exported .tflite per example, next to its float32 model."""
+    from bnn_cli.latency import benchmark
+
+    report = benchmark(file, threads=threads, runs=runs, warmup=warmup, baseline=baseline)
+    if json_:
+        _echo_json(report.as_dict())
+    else:
+        report.print()
+
+
+@app.command()
+def predict(
+    target: Annotated[Path, typer.Argument(
+        help="A run directory, a checkpoint folder (or a file in it) that a run wrote, or "
+             "a file `bnn export` wrote (.keras, .h5, SavedModel folder, .tflite, LCE "
+             ".tflite).")],
+    inputs: Annotated[list[Path] | None, typer.Argument(
+        metavar="INPUT", show_default=False,
+        help="Image files (PNG, JPEG, BMP, GIF), resized and preprocessed as the config "
+             "says.")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="Predict examples of this split of the config's dataset instead, e.g. "
+             "'test[:10]'.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Classes shown per input.")] = 3,
+    checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] =
+    "best",
+    data_dir: DataDir = None,
+    json_: JsonFlag = False,
+    config: Annotated[Path | None, typer.Option(
+        help="Config that says how inputs are preprocessed and names the classes; needed "
+             "for a file outside a run.")] = None,
+    trust_plugins: TrustPlugins = False,
+) -> None:
+    """Print the most probable classes for image files or a split's examples."""
+    from bnn_cli.prediction import predict_target
+
+    report = predict_target(target, inputs or [], split=split, top_k=top_k,
+                            checkpoint=checkpoint, data_dir=data_dir, config=config,
+                            trust_plugins=trust_plugins)
     if json_:
         _echo_json(report.as_dict())
     else:

@@ -381,6 +381,14 @@ def _preprocess_fn(data: schema.DataConfig, training: bool) -> Callable[[Image],
     return preprocess
 
 
+def preprocess_images(data: schema.DataConfig, images: Any) -> tf.Tensor:
+    """A batch of raw images (as the dataset stores them: its dtype, value range and
+    shape) -> model inputs, preprocessed exactly as evaluation preprocesses a split."""
+    preprocess = _preprocess_fn(data, training=False)
+    # Mapped one example at a time, as the split pipeline maps them.
+    return tf.map_fn(preprocess, tf.convert_to_tensor(images), fn_output_signature=tf.float32)
+
+
 def _center_crop(step: schema.RandomCrop) -> Callable[[Image], Image]:
     return lambda x: tf.image.resize_with_crop_or_pad(x, step.height, step.width)
 

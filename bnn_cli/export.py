@@ -42,13 +42,19 @@ class ExportReport:
     format: str
     path: str
     latent: bool
+    int8: bool  # real-valued layers quantized to int8 after training (tflite)
     checkpoint: str | None
     size_bytes: int
     float32_size_bytes: int  # the latent (training-form) model, saved without its optimizer
     examples: int
     top1_agreement: float
     max_prob_diff: float
+    accuracy: float  # the export's top-1 accuracy on the test split
+    trained_accuracy: float  # the trained model's, on the same examples
     check_file: str
+    # lce: the layers predicted binary and those of the file's LceBconv2d ops
+    # (predicted, found, missing, unexpected); see bnn_cli.deployability
+    binary_ops: dict[str, list[str]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,12 +62,25 @@ class ExportReport:
     def print(self) -> None:
         source = f" from {self.checkpoint}" if self.checkpoint else ""
         form = "latent (training form)" if self.latent else "inference (quantized kernels)"
+        form += ", int8 real-valued layers" if self.int8 else ""
+        source = f",{source}" if self.int8 and source else source
         print(f"wrote {self.path} ({self.format}, {form}{source})")
         print(f"size: {_human(self.size_bytes)} (float32 latent model: "
               f"{_human(self.float32_size_bytes)})")
         print(f"check on {self.examples} test examples: top-1 agreement "
               f"{self.top1_agreement:.2%}, largest probability difference "
               f"{self.max_prob_diff:.3g} ({self.check_file})")
+        change = (self.accuracy - self.trained_accuracy) * 100
+        print(f"test accuracy: {self.accuracy:.2%} (trained model {self.trained_accuracy:.2%}"
+              f", change {change:+.2f} points)")
+        if self.binary_ops is not None:
+            ops = self.binary_ops
+            agrees = not ops["missing"] and not ops["unexpected"]
+            print(f"binary operations: {len(ops['found'])} LceBconv2d "
+                  f"({', '.join(ops['found']) or 'none'}), "
+                  + ("as `bnn check --target lce` predicted" if agrees else
+                     f"NOT as `bnn check --target lce` predicted ({len(ops['predicted'])}: "
+                     f"{', '.join(ops['predicted']) or 'none'})"))
 
 
 def _human(size: int) -> str:
@@ -122,9 +141,14 @@ def _write_saved_model(model: keras.Model, path: Path) -> None:
     atomic_save_folder(path, lambda tmp: model.export(str(tmp)))
 
 
-def _write_tflite(model: keras.Model, path: Path) -> None:
-    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    atomic_write_bytes(path, flatbuffer)
+def _write_tflite(model: keras.Model, path: Path, representative: Examples = None) -> None:
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if representative is not None:
+        # Post-training int8: weights and activations of the real-valued operations,
+        # calibrated on training inputs; float input/output, so callers see no change.
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([x[None]] for x in representative)
+    atomic_write_bytes(path, converter.convert())
 
 
 def _write_lce(model: keras.Model, path: Path) -> None:
@@ -142,26 +166,47 @@ _WRITERS: dict[str, Callable[[keras.Model, Path], None]] = {
 # ---------------------------------------------------------------------------------------
 
 
-def split_inputs(job: Any) -> np.ndarray:
-    """The config's whole test split as one array of (preprocessed) inputs."""
+Examples = np.ndarray | None
+REPRESENTATIVE_EXAMPLES = 256  # calibration inputs for --int8 (TF suggests a few hundred)
+
+
+def split_examples(job: Any, split: str,
+                   limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (preprocessed as for evaluation) and class labels of a split of the config's
+    data, the first ``limit`` examples or all."""
     from bnn_cli import data
 
     spec = job.config.spec
-    ds = data.load_split(spec.data, spec.data.test_split, training=False,
-                         batch_size=spec.training.batch_size, seed=None, data_dir=job.data_dir)
-    xs = [x for x, _ in ds.as_numpy_iterator()]
-    if not xs or not isinstance(xs[0], np.ndarray):
-        raise UserError("`bnn export` checks models with one input on a non-empty test "
-                        f"split; {spec.data.test_split!r} gives none or several inputs")
-    return np.concatenate(xs)
+    batch = spec.training.batch_size
+    ds = data.load_split(spec.data, split, training=False, batch_size=batch, seed=None,
+                         data_dir=job.data_dir)
+    if limit is not None:
+        ds = ds.take(-(-limit // batch))
+    pairs = list(ds.as_numpy_iterator())
+    if not pairs or not isinstance(pairs[0][0], np.ndarray):
+        raise UserError(f"`bnn export` checks models with one input on a non-empty split; "
+                        f"{split!r} gives none or several inputs")
+    x = np.concatenate([x for x, _ in pairs])[:limit]
+    y = np.concatenate([y for _, y in pairs])[:limit]
+    return x, (y.argmax(-1) if y.ndim > 1 else y)  # (one-hot labels -> classes)
 
 
-def agreement(expected: np.ndarray, actual: np.ndarray) -> dict[str, float | int]:
-    """Top-1 agreement and the largest absolute difference of two prediction arrays."""
+def split_inputs(job: Any) -> np.ndarray:
+    """The config's whole test split as one array of (preprocessed) inputs."""
+    return split_examples(job, job.config.spec.data.test_split)[0]
+
+
+def agreement(expected: np.ndarray, actual: np.ndarray,
+              labels: np.ndarray) -> dict[str, float | int]:
+    """Top-1 agreement, the largest absolute difference of two prediction arrays, and
+    each one's top-1 accuracy on ``labels``."""
     expected, actual = np.asarray(expected), np.asarray(actual)
-    same = np.argmax(expected, axis=-1) == np.argmax(actual, axis=-1)
-    return {"examples": int(len(expected)), "top1_agreement": float(np.mean(same)),
-            "max_prob_diff": float(np.max(np.abs(expected - actual)))}
+    top_expected, top_actual = expected.argmax(-1), actual.argmax(-1)
+    return {"examples": int(len(expected)),
+            "top1_agreement": float(np.mean(top_expected == top_actual)),
+            "max_prob_diff": float(np.max(np.abs(expected - actual))),
+            "accuracy": float(np.mean(top_actual == labels)),
+            "trained_accuracy": float(np.mean(top_expected == labels))}
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,31 +216,49 @@ def agreement(expected: np.ndarray, actual: np.ndarray) -> dict[str, float | int
 
 def export_target(target: str | Path, *, fmt: str, output: str | Path | None = None,
                   checkpoint: str = "best", latent: bool = False, data_dir: str | None = None,
-                  config: str | Path | None = None,
-                  trust_plugins: bool = False) -> ExportReport:
+                  config: str | Path | None = None, trust_plugins: bool = False,
+                  int8: bool = False) -> ExportReport:
     """Export a run directory / checkpoint / model file (as ``bnn eval`` resolves it) in
-    ``fmt``, then check the written export against the trained model on the test split."""
-    _check_format(fmt)
+    ``fmt``, then check the written export against the trained model on the test split.
+
+    ``int8`` (tflite only) quantizes the real-valued operations after training, calibrated
+    on the config's training split."""
+    _check_format(fmt, int8)
     job, label, run = load_trained(target, checkpoint=checkpoint, data_dir=data_dir,
                                    config=config, trust_plugins=trust_plugins)
-    path = Path(output) if output else _default_output(Path(target), run, fmt, latent)
+    path = Path(output) if output else _default_output(Path(target), run, fmt, latent, int8)
     model = latent_model(job.model) if latent else inference_model(job.model)
     _make_folder(path.parent)
     with contextlib.redirect_stdout(sys.stderr):  # Keras prints "Saved artifact at ..."
-        _WRITERS[fmt](model, path)
-    x = split_inputs(job)
-    result = agreement(job.model.predict(x, verbose=0), load(path, fmt=fmt).predict(x))
+        if int8:
+            calibration, _ = split_examples(job, job.config.spec.data.train_split,
+                                            REPRESENTATIVE_EXAMPLES)
+            _write_tflite(model, path, calibration)
+        else:
+            _WRITERS[fmt](model, path)
+    x, labels = split_examples(job, job.config.spec.data.test_split)
+    result = agreement(job.model.predict(x, verbose=0), load(path, fmt=fmt).predict(x), labels)
     check_file = path.with_name(path.name + ".check.json")
-    report = ExportReport(fmt, str(path), latent, label, _size(path),
+    report = ExportReport(fmt, str(path), latent, int8, label, _size(path),
                           _float32_size(job.model), check_file=str(check_file), **result)
+    if fmt == "lce":  # the file's binary operations against `bnn check`'s prediction
+        from bnn_cli.deployability import check_export
+
+        report.binary_ops = check_export(model, path)
     atomic_write_json(check_file, report.as_dict())
     return report
 
 
-def _check_format(fmt: str) -> None:
-    """Refuse an unknown format, or lce without its package, before any model is built."""
+def _check_format(fmt: str, int8: bool) -> None:
+    """Refuse an unknown format, --int8 where it does not apply, or lce without its
+    package, before any model is built."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; use --format {' | '.join(FORMATS)}")
+    if int8 and fmt != "tflite":
+        raise UserError(f"--int8 applies to --format tflite (TensorFlow's post-training "
+                        f"quantization), not {fmt}: LCE's converter calibrates int8 only "
+                        "for models trained with fake-quantized int8 layers; drop --int8 "
+                        "or use --format tflite")
     if fmt == "lce":
         lce_package()
 
@@ -216,14 +279,16 @@ def load_trained(target: str | Path, *, checkpoint: str, data_dir: str | None,
     return found.job, found.checkpoint.path.name, found.run
 
 
-def _default_output(target: Path, run: RunDir | None, fmt: str, latent: bool) -> Path:
-    """``RUN/export/model.tflite`` (``model-latent.*`` with --latent); beside a model file
-    outside a run."""
+def _default_output(target: Path, run: RunDir | None, fmt: str, latent: bool,
+                    int8: bool) -> Path:
+    """``RUN/export/model.tflite`` (``model-latent.*`` with --latent, ``model-int8.*``
+    with --int8); beside a model file outside a run."""
     folder = run.path if run is not None else target.parent
     name = _FILE_NAMES[fmt]
-    if latent:
-        stem, dot, suffix = name.partition(".")
-        name = f"{stem}-latent{dot}{suffix}"
+    for flag, tag in ((latent, "latent"), (int8, "int8")):
+        if flag:
+            stem, dot, suffix = name.partition(".")
+            name = f"{stem}-{tag}{dot}{suffix}"
     return folder / "export" / name
 
 

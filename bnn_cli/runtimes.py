@@ -9,6 +9,7 @@ LCE's interpreter (the optional ``larq-compute-engine`` package).
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -109,6 +110,10 @@ class Runtime:
     def invoke(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def input_shape(self) -> tuple[int, ...]:
+        """The input's shape as the file declares it (batch first)."""
+        raise NotImplementedError
+
 
 class KerasRuntime(Runtime):
     name = "keras"
@@ -145,10 +150,15 @@ class TFLiteRuntime(Runtime):
     name = "tflite"
 
     def __init__(self, path: Path, threads: int = 1) -> None:
-        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+        with warnings.catch_warnings():  # (tf.lite's notice that LiteRT will replace it)
+            warnings.simplefilter("ignore", UserWarning)
+            self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
         (self.input,) = self.interpreter.get_input_details()
         (self.output,) = self.interpreter.get_output_details()
         self.batch = 0
+
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.input["shape"])
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
         if len(x) != self.batch:  # converted files have batch 1; resize to what comes
@@ -171,6 +181,9 @@ class LCERuntime(Runtime):
         from larq_compute_engine.tflite.python.interpreter import Interpreter
 
         self.interpreter = Interpreter(path.read_bytes(), num_threads=threads)
+
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.interpreter.input_shapes[0])
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
         # LCE's interpreter keeps the converted batch size of 1: one call per example.

@@ -414,7 +414,12 @@ class _Lookups:
             in_module = self._in_module(name, registered, module,
                                         imported=by_registered is None)
             unheld = in_module is None and by_registered is None
-            found.append(in_module)
+            # Keras reads the module only where the registered name resolves to nothing
+            # (`_retrieve_class_or_fn`): another library's component kept there under the
+            # name (Larq's `weight_clip`, Larq sharing the process) is never used. Anything
+            # else there is refused all the same (fail closed).
+            if by_registered is None or not _component_class(in_module):
+                found.append(in_module)
         return [obj for obj in found if obj is not None], unheld
 
     @staticmethod
@@ -493,14 +498,26 @@ def _functional() -> type:
 
 def _keras_component(obj: Any) -> bool:
     """A tf-keras class of a kind that a model's config holds besides layers."""
+
+    return (isinstance(obj, type) and obj.__module__.startswith("tf_keras.")
+            and issubclass(obj, _component_bases()))
+
+
+def _component_bases() -> tuple[type, ...]:
+    """The Keras base classes of what a model's config holds besides layers."""
     from bnn_cli._keras import keras
 
-    bases = (keras.initializers.Initializer, keras.regularizers.Regularizer,
-             keras.constraints.Constraint, keras.losses.Loss, keras.metrics.Metric,
-             keras.optimizers.Optimizer, keras.optimizers.legacy.Optimizer,
-             keras.optimizers.schedules.LearningRateSchedule, keras.mixed_precision.Policy)
-    return (isinstance(obj, type) and obj.__module__.startswith("tf_keras.")
-            and issubclass(obj, bases))
+    return (keras.initializers.Initializer, keras.regularizers.Regularizer,
+            keras.constraints.Constraint, keras.losses.Loss, keras.metrics.Metric,
+            keras.optimizers.Optimizer, keras.optimizers.legacy.Optimizer,
+            keras.optimizers.schedules.LearningRateSchedule, keras.mixed_precision.Policy)
+
+
+def _component_class(obj: Any) -> bool:
+    """Any library's Keras layer or component class (what a model config may name)."""
+    from bnn_cli._keras import keras
+
+    return isinstance(obj, type) and issubclass(obj, (keras.layers.Layer, *_component_bases()))
 
 
 def _keras_tables() -> list[dict[str, Any]]:

@@ -238,3 +238,110 @@ def test_model_file_outside_a_run_needs_a_config(run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(tmp_path / "m.keras"), "--format", "tflite"]) == 2
     assert "pass --config" in capsys.readouterr().err
+
+
+def test_int8_quantizes_real_layers_and_reports_accuracy(run, trained, capsys):
+    """--int8: a smaller flatbuffer with int8 tensors, float input/output, and the
+    accuracy change on the test split measured as a user would measure it."""
+    from bnn_cli.export import load_trained, split_examples
+
+    report = export(run, "--format", "tflite", "--int8", capsys=capsys)
+    path = Path(report["path"])
+    assert path == run / "export" / "model-int8.tflite" and report["int8"]
+    float_report = export(run, "--format", "tflite", capsys=capsys)
+    assert report["size_bytes"] < 0.5 * float_report["size_bytes"]
+
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    dtypes = {d["dtype"] for d in interpreter.get_tensor_details()}
+    assert np.int8 in dtypes  # weights/activations quantized inside
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32  # callers unchanged
+
+    job, _, _ = load_trained(run, checkpoint="best", data_dir=None, config=None,
+                             trust_plugins=False)
+    x, labels = split_examples(job, job.config.spec.data.test_split)
+    model, _, expected = trained
+    actual = _tflite_predict(path, x)
+    assert report["accuracy"] == pytest.approx(np.mean(actual.argmax(-1) == labels))
+    assert report["trained_accuracy"] == pytest.approx(np.mean(expected.argmax(-1) == labels))
+    assert report["top1_agreement"] == pytest.approx(
+        np.mean(actual.argmax(-1) == expected.argmax(-1)))
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "tflite", "--int8"]) == 0
+    assert "test accuracy:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["keras", "lce"])
+def test_int8_only_for_tflite(run, tmp_path, fmt, capsys):
+    capsys.readouterr()
+    out = tmp_path / "m"
+    assert main(["export", str(run), "--format", fmt, "--int8", "--output", str(out)]) == 2
+    assert "--int8 applies to --format tflite" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def larq_model(run):
+    """The quickstart network built and briefly trained with Larq itself, its layers
+    named as the config names them (HDF5/.keras weights are matched by name)."""
+    import larq as lq
+
+    from bnn_cli._keras import keras
+    from bnn_cli.export import load_trained, split_examples
+
+    job, _, _ = load_trained(run, checkpoint="best", data_dir=None, config=None,
+                             trust_plugins=False)
+    names = iter(layer.name for layer in job.model.layers[1:])
+    binary = dict(kernel_quantizer="ste_sign", kernel_constraint="weight_clip",
+                  use_bias=False)
+
+    def bn():
+        return keras.layers.BatchNormalization(momentum=0.9, scale=False, name=next(names))
+
+    def conv(filters, **kw):
+        return lq.layers.QuantConv2D(filters, 3, padding="same", name=next(names), **binary,
+                                     **kw)
+
+    inp = keras.Input((8, 8, 1))
+    # (One layer per statement: the names are taken in the config's order.)
+    x = conv(64)(inp)
+    x = bn()(x)
+    x = conv(64, input_quantizer="ste_sign", pad_values=1.0)(x)
+    x = keras.layers.MaxPooling2D(2, name=next(names))(x)
+    x = bn()(x)
+    x = conv(128, input_quantizer="ste_sign", pad_values=1.0)(x)
+    x = keras.layers.MaxPooling2D(2, name=next(names))(x)
+    x = bn()(x)
+    x = keras.layers.Flatten(name=next(names))(x)
+    for units in (256, 10):
+        x = lq.layers.QuantDense(units, input_quantizer="ste_sign", name=next(names),
+                                 **binary)(x)
+        x = bn()(x)
+    model = keras.Model(inp, keras.layers.Activation("softmax", name=next(names))(x))
+    x_train, y_train = split_examples(job, "train", limit=512)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
+    x_test, _ = split_examples(job, job.config.spec.data.test_split)
+    return model, x_test, model.predict(x_test, verbose=0)
+
+
+@pytest.mark.parametrize(("suffix", "fmt"), [(".h5", "tflite"), (".keras", "lce"),
+                                             (".keras", "keras")])
+def test_larq_trained_models_export(larq_model, tmp_path, suffix, fmt, capsys):
+    """A model trained and saved by Larq exports with the config that describes it, and
+    the export predicts what Larq's model predicts."""
+    if fmt == "lce":
+        pytest.importorskip("larq_compute_engine", reason="the optional larq-compute-engine "
+                                                          "package is not installed")
+    model, x, expected = larq_model
+    saved = tmp_path / f"larq{suffix}"
+    model.save(saved)
+    report = export(saved, "--format", fmt, "--config", QUICKSTART, capsys=capsys)
+    assert report["checkpoint"] is None
+    from bnn_cli.runtimes import load
+
+    actual = load(report["path"]).predict(x)
+    assert (actual.argmax(-1) == expected.argmax(-1)).mean() == 1.0
+    assert np.abs(actual - expected).max() < 1e-4
+    assert report["top1_agreement"] == 1.0

@@ -46,7 +46,8 @@ class CheckedConfig:
     config: Config
     graph: Graph  # the model, expanded; nodes in dependency order
     data_dir: str | None  # the TFDS data_dir in effect
-    data: Any  # bnn_cli.data.DataInfo of the dataset
+    data: Any  # bnn_cli.data.DataInfo of the dataset; None where it was not checked
+    data_unchecked: str | None = None  # why the data section was not checked, if not
 
     @property
     def spec(self) -> ConfigFile:
@@ -63,18 +64,24 @@ class CheckedConfig:
     @property
     def steps_per_epoch(self) -> int:
         training = self.spec.training
+        if self.data is None:  # (only `bnn check` gets here: it builds the optimizer)
+            return training.steps_per_epoch or 1
         steps = max(1, self.data.steps_per_epoch(self.spec.data.train_split,
                                                  training.batch_size))
         return min(steps, training.steps_per_epoch or steps)
 
 
 def check(path: str | Path, overrides: Iterable[str] = (), *, plugins: Iterable[str] = (),
-          plugin_base: Path | None = None, data_dir: str | None = None) -> CheckedConfig:
+          plugin_base: Path | None = None, data_dir: str | None = None,
+          allow_unprepared_data: bool = False) -> CheckedConfig:
     """Read ``path`` with ``overrides`` and check everything it names.
 
     ``plugin_base`` is the folder the config's plugins are relative to (default: the
     config's own); ``data_dir`` is ``--data-dir``. Raises :class:`ConfigError` with every
-    problem found, or a ``UserError`` about the data.
+    problem found, or a ``UserError`` about the data. With ``allow_unprepared_data``
+    (``bnn check``), a dataset that TFDS knows but that is not prepared here leaves the
+    data section unchecked (``data`` None, ``data_unchecked`` says why) instead, where
+    the model's input shapes are given: the model needs nothing from the data then.
     """
     load_builtins()
     config = _load(path, list(overrides))
@@ -85,7 +92,13 @@ def check(path: str | Path, overrides: Iterable[str] = (), *, plugins: Iterable[
     from bnn_cli import data
 
     resolved_dir = data.resolve_data_dir(config.spec.data.data_dir, data_dir)
-    info = data.dataset_info(config.spec.data, resolved_dir)
+    try:
+        info = data.dataset_info(config.spec.data, resolved_dir)
+    except UserError as exc:
+        if not (allow_unprepared_data and config.spec.model.inputs
+                and _known_but_unprepared(config.spec.data.dataset, resolved_dir)):
+            raise
+        return CheckedConfig(config, graph, resolved_dir, None, data_unchecked=str(exc))
     ensure_valid([config.problem(("data", key), str(exc)) for key, exc in
                   _split_errors(config, info)])
     return CheckedConfig(config, graph, resolved_dir, info)
@@ -110,6 +123,17 @@ def _load(path: str | Path, overrides: list[str]) -> Config:
         except ConfigError as structural:
             more = structural.problems
         raise ConfigError(exc.problems + more, exc.document) from None
+
+
+def _known_but_unprepared(dataset: str, data_dir: str | None) -> bool:
+    """TFDS has a builder for ``dataset`` but no prepared copy in ``data_dir`` (a typo
+    in the name or a version TFDS cannot open stay errors)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return not tfds.builder(dataset, data_dir=data_dir).is_prepared()
+    except Exception:  # TFDS raises several types for names it cannot open
+        return False
 
 
 def _split_errors(config: Config, info: Any) -> list[tuple[str, UserError]]:

@@ -14,33 +14,51 @@ class CheckReport:
     checked: CheckedConfig
     summary: Any  # bnn_cli.models.ModelSummary
     text: list[str]
+    deployability: Any = None  # bnn_cli.deployability.Deployability, with --target
 
     def as_dict(self) -> dict[str, Any]:
         config = self.checked.config
+        unchecked = self.checked.data_unchecked
         return {"config": str(config.path), "name": config.name, "valid": True,
-                **self.summary.as_dict()}
+                "data_checked": unchecked is None,
+                **({"data_warning": unchecked} if unchecked else {}),
+                **self.summary.as_dict(),
+                **({"deployability": self.deployability.as_dict()}
+                   if self.deployability else {})}
 
     def print(self) -> None:
         print("\n".join(self.text))
+        if self.deployability:
+            print("\n" + "\n".join(self.deployability.lines()))
         data = self.checked.spec.data
         if data.validation_split and data.validation_split == data.test_split:
             print(f"\nwarning: data.validation_split is the test split {data.test_split!r}:"
                   " the checkpoint is chosen on it, so its test metrics are optimistic; "
                   "hold validation data out of the training split (e.g. "
                   "train_split: 'train[:90%]', validation_split: 'train[90%:]')")
+        if self.checked.data_unchecked:
+            print(f"\nwarning: the data section was NOT checked (the model was, with its "
+                  f"given input shapes); `bnn train` will refuse this config until the "
+                  f"dataset is prepared: {self.checked.data_unchecked}")
         print(f"\n{self.checked.config.path}: OK")
 
 
 def check_config(path: str | Path, overrides: list[str], *, plugins: list[str] | None = None,
-                 data_dir: str | None = None) -> CheckReport:
-    """Check ``path`` (with overrides), build the model and optimizer, summarize."""
+                 data_dir: str | None = None, target: str | None = None) -> CheckReport:
+    """Check ``path`` (with overrides), build the model and optimizer, summarize; with a
+    deployment ``target`` (``lce``), also say which layers it runs as binary operations."""
+    from bnn_cli import deployability
     from bnn_cli.models import summary, summary_data
     from bnn_cli.spec.builder import build_model, build_optimizer
     from bnn_cli.spec.checks import check
 
-    checked = check(path, overrides, plugins=plugins or [], data_dir=data_dir)
+    if target is not None:
+        deployability.check_target(target)  # (before the slow part)
+    checked = check(path, overrides, plugins=plugins or [], data_dir=data_dir,
+                    allow_unprepared_data=True)
     model = build_model(checked)
     build_optimizer(checked.spec.training, checked.steps_per_epoch)
     lines: list[str] = []
     summary(model, print_fn=lines.append)
-    return CheckReport(checked, summary_data(model), lines)
+    verdicts = deployability.lce_report(model) if target is not None else None
+    return CheckReport(checked, summary_data(model), lines, verdicts)
