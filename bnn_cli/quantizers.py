@@ -32,6 +32,7 @@ __all__ = [
     "DoReFa",
     "DoReFaQuantizer",
     "MagnitudeAwareSign",
+    "MagnitudeAwareSignUnclipped",
     "NoOp",
     "NoOpQuantizer",
     "Quantizer",
@@ -39,6 +40,7 @@ __all__ = [
     "SteSign",
     "SteTern",
     "SwishSign",
+    "XnorWeightScale",
     "approx_sign",
     "deserialize",
     "get",
@@ -355,6 +357,56 @@ class MagnitudeAwareSign(BaseQuantizer):
         return {**super().get_config(), "clip_value": self.clip_value}
 
 
+class MagnitudeAwareSignUnclipped(BaseQuantizer):
+    r"""Binary sign scaled by the mean magnitude of the whole tensor, gradient unclipped.
+
+    Forward: ``q(x) = a * sign(x)`` with ``a = mean(|x|)`` over every element (one scale
+    per layer); ``sign(0) = +1``.
+
+    Pseudo-gradient: ``dq/dx = 1`` everywhere (the identity: neither clipped nor scaled
+    by ``a``, which is a constant for the gradient).
+
+    The weight quantizer of DoReFa-Net's 1-bit weights as the Larq zoo trains them.
+
+    Reference: Zhou et al., DoReFa-Net (arXiv:1606.06160).
+    """
+
+    precision = 1
+
+    def quantize(self, inputs):
+        scale = tf.stop_gradient(tf.reduce_mean(tf.abs(inputs)))
+
+        @tf.custom_gradient
+        def _scaled_sign(x):
+            return bmath.sign(x) * scale, lambda dy: dy
+
+        return _scaled_sign(inputs)
+
+
+class XnorWeightScale(BaseQuantizer):
+    r"""XNOR-Net's weight binarization: sign of the clipped weights times their mean
+    magnitude per output channel.
+
+    Forward: ``c = clip(x, -1, 1)``, ``a = mean(|c|)`` over every axis but the last (one
+    scale per filter), ``q(x) = a * sign(c)`` (``sign(0) = +1``).
+
+    Pseudo-gradient: the straight-through sign passes the gradient (``|c| <= 1``), and
+    ``a`` is differentiated as usual: for weights ``x_j``, ``x_i`` of the same filter
+    of ``n`` weights, ``dq_i/dx_j = [|x_j| <= 1] (a [i = j] + sign(c_i) sign(c_j) / n)``;
+    zero outside ``[-1, 1]``, where the clip is flat.
+
+    Reference: Rastegari et al., XNOR-Net (arXiv:1603.05279).
+    """
+
+    precision = 1
+
+    def quantize(self, inputs):
+        clipped = tf.clip_by_value(inputs, -1.0, 1.0)
+        axes = list(range(len(inputs.shape) - 1))
+        scale = tf.reduce_mean(tf.abs(clipped), axis=axes, keepdims=True)
+        return scale * ste_sign(clipped, clip_value=1.0)
+
+
 class SteTern(BaseQuantizer):
     r"""Ternary quantizer to {-1, 0, +1} with the straight-through estimator.
 
@@ -556,6 +608,8 @@ for _cls, _aliases in {
     SteTern: ("ste_tern",),
     DoReFa: ("dorefa_quantizer",),
     MagnitudeAwareSign: ("magnitude_aware_sign",),
+    MagnitudeAwareSignUnclipped: ("magnitude_aware_sign_unclipped",),
+    XnorWeightScale: ("xnor_weight_scale",),
     NoOp: (),
 }.items():
     register_quantizer(_cls, aliases=_aliases)

@@ -44,7 +44,7 @@ KINDS = ("quantizer", "layer", "constraint", "activation", "initializer", "regul
          "optimizer", "schedule", "metric", "callback")
 
 _BUILTIN_MODULES = ("quantizers", "layers", "constraints", "activations", "metrics",
-                    "optimizers", "callbacks", "schedules")
+                    "optimizers", "callbacks", "schedules", "zoo")
 
 # Names that earlier releases wrote into saved models for what is now NamedActivation.
 _FORMER_ACTIVATION_CLASSES = ("QuantizerActivation", "SerializableActivation")

@@ -54,6 +54,8 @@ PROBE = textwrap.dedent("""
     out = {}
     for entry in REGISTRY.entries("quantizer"):
         for alias in entry.aliases:
+            if alias in ("xnor_weight_scale", "magnitude_aware_sign_unclipped"):
+                continue  # bnn_cli's own (the Larq zoo's, not Larq's): nothing to compare
             out[alias] = {"larq": probe(lq.quantizers.get(alias)),
                           "bnn": probe(bq.get(alias)),
                           "larq_layer": layer_quantizer(lq, alias),

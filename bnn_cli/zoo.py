@@ -1,0 +1,87 @@
+r"""Components of the Larq zoo architectures (``configs/zoo/``) that no Keras layer or
+YAML block can express.
+
+Everything else those networks need is written in their configs as YAML blocks (QuickNet's
+residual and transition blocks, MeliusNet's dense and improvement blocks,
+Real-to-Binary's data-driven scaling) or is a quantizer in :mod:`bnn_cli.quantizers`
+(XNOR-Net's ``xnor_weight_scale``, DoReFa-Net's ``magnitude_aware_sign_unclipped``).
+
+- :class:`BlurPool`: the fixed anti-aliasing filter of QuickNet's transition blocks, as
+  the initializer of a non-trainable ``DepthwiseConv2D``;
+- :class:`AddToLastChannels`: MeliusNet's improvement merge, ``x + [0, ..., 0, w]``
+  (the zoo writes it as a ``Lambda``, which a config may not name).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bnn_cli._keras import keras, tf
+from bnn_cli.layers import register_layer
+from bnn_cli.registry import register
+
+__all__ = ["AddToLastChannels", "BlurPool"]
+
+_BINOMIAL = {2: (1, 1), 3: (1, 2, 1), 5: (1, 4, 6, 4, 1)}
+"""Rows of Pascal's triangle: the 1D blur filters of each supported size."""
+
+
+class BlurPool(keras.initializers.Initializer):
+    r"""A normalized binomial blur for a depthwise kernel (Zhang, "Making Convolutional
+    Networks Shift-Invariant Again", arXiv:1904.11486).
+
+    For a ``(k, k, channels, 1)`` depthwise kernel with ``k`` in 2, 3 or 5:
+    ``w[i, j, c] = b_i b_j / (sum b)^2`` with ``b`` the binomial row of size ``k``
+    (``[1, 2, 1]`` for 3), the same for every channel. QuickNet freezes it
+    (``trainable: false``): a strided ``DepthwiseConv2D`` with it is a blur-pool.
+    """
+
+    def __call__(self, shape: Any, dtype: Any = None, **kwargs: Any) -> tf.Tensor:
+        size, channels = int(shape[0]), int(shape[2])
+        if size not in _BINOMIAL or int(shape[1]) != size:
+            raise ValueError(f"BlurPool needs a square kernel of size 2, 3 or 5, got "
+                             f"{tuple(shape)}")
+        row = np.array(_BINOMIAL[size], dtype="float64")
+        kernel = np.outer(row, row) / row.sum() ** 2
+        kernel = np.repeat(kernel[:, :, None], channels, axis=-1)
+        return tf.constant(np.reshape(kernel, shape), dtype=dtype or tf.float32)
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+
+class AddToLastChannels(keras.layers.Layer):
+    r"""Add the second input into the last channels of the first.
+
+    ``y = x + pad(w)``, where ``pad`` puts ``C_x - C_w`` zero channels before ``w``: the
+    first ``C_x - C_w`` channels of ``x`` pass unchanged, the last ``C_w`` get ``w``
+    added. MeliusNet's improvement block uses it to refine the channels the preceding
+    dense block appended (Bethge et al., MeliusNet, arXiv:2001.05936).
+
+    No weights. Takes ``[x, w]`` with the same batch and spatial shape and
+    ``C_w <= C_x``.
+    """
+
+    def build(self, input_shape: Any) -> None:
+        x_shape, w_shape = (tf.TensorShape(s) for s in input_shape)
+        if w_shape[-1] is not None and x_shape[-1] is not None \
+                and w_shape[-1] > x_shape[-1]:
+            raise ValueError(f"the second input has {w_shape[-1]} channels, more than the "
+                             f"first's {x_shape[-1]}")
+        super().build(input_shape)
+
+    def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
+        x, w = inputs
+        extra = tf.shape(x)[-1] - tf.shape(w)[-1]
+        rank = len(x.shape)
+        paddings = [[0, 0]] * (rank - 1) + [[extra, 0]]
+        return x + tf.pad(w, paddings)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape[0]
+
+
+register("initializer", BlurPool, aliases=("blurpool",))
+register_layer(AddToLastChannels)  # (registry.register, with its Keras arguments)
