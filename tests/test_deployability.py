@@ -282,3 +282,22 @@ def test_export_lce_compares_the_file(tmp_path, capsys):
     assert code == 0
     assert ("binary operations: 2 LceBconv2d (quant_conv2d_1, quant_conv2d_2), as `bnn "
             "check --target lce` predicted") in out
+
+
+ZOO = sorted((ROOT / "configs" / "zoo").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ZOO, ids=[c.stem for c in ZOO])
+def test_prediction_matches_the_converted_file_for_the_zoo(config):
+    """The same criterion on the zoo's ImageNet-size networks (ImageNet is not
+    prepared here: the model is checked and built from its given input shape)."""
+    from bnn_cli.export import inference_model
+    from bnn_cli.spec.builder import build_model
+    from bnn_cli.spec.checks import check
+
+    model = build_model(check(config, allow_unprepared_data=True))
+    flatbuffer = lce().convert_keras_model(inference_model(model))
+    result = compare_with_file(model, flatbuffer)
+    assert result.agrees, result.warning()
+    assert result.found == result.predicted
