@@ -157,8 +157,8 @@ def load_target(target: str | Path, *, checkpoint: str = "best", data_dir: str |
     if config is None and run is None:
         raise UserError(f"{target} is not inside a run directory, so nothing says which "
                         "model it holds or which data it is for; pass --config CONFIG.yaml")
-    checked = check(config, data_dir=data_dir) if config else \
-        load_run_config(run, data_dir, trust_plugins=trust_plugins)
+    checked = (check(config, data_dir=data_dir) if config else
+               load_run_config(run, data_dir, trust_plugins=trust_plugins)).final
     if kind == "model":
         # Fail closed: a file that names code is refused, though only its weights are read.
         vet_model_file(target)
@@ -287,7 +287,7 @@ def _stored_run_config(run: RunDir, trust_plugins: bool) -> Config | None:
     from bnn_cli.training import load_run_config
 
     with contextlib.suppress(UserError):
-        return load_run_config(run, trust_plugins=trust_plugins).config
+        return load_run_config(run, trust_plugins=trust_plugins).final.config
     return None
 
 

@@ -29,15 +29,19 @@ def _save(fig: Any, path: str | Path) -> None:
 def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
     """Loss and every other metric per epoch (training solid, validation dashed)."""
     plt = _pyplot()
-    keys = [k for k in history[0] if k not in ("epoch", "seconds", "learning_rate")
+    # Every metric any epoch logged (a distilling stage logs its loss terms too).
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    keys = [k for k in columns if k not in ("epoch", "seconds", "learning_rate", "stage")
             and not k.startswith("val_")]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
     epochs = [row["epoch"] for row in history]
     for ax, key in zip(axes[0], keys, strict=True):
-        ax.plot(epochs, [row.get(key) for row in history], marker=".", label="train")
-        if f"val_{key}" in history[0]:
-            ax.plot(epochs, [row.get(f"val_{key}") for row in history], "--", marker=".",
-                    label="validation")
+        ax.plot(epochs, [row.get(key, float("nan")) for row in history], marker=".",
+                label="train")
+        if f"val_{key}" in columns:
+            ax.plot(epochs, [row.get(f"val_{key}", float("nan")) for row in history], "--",
+                    marker=".", label="validation")
+        _mark_stages(ax, history)
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)
@@ -46,6 +50,19 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def _mark_stages(ax: Any, history: list[dict[str, Any]]) -> None:
+    """A line where each stage of a multi-stage run begins, labelled with its name."""
+    previous = None
+    for row in history:
+        stage = row.get("stage")
+        if stage is not None and stage != previous:
+            if previous is not None:
+                ax.axvline(row["epoch"] - 0.5, color="gray", linestyle=":", linewidth=1)
+            ax.text(row["epoch"] - 0.4, 1.0, stage, transform=ax.get_xaxis_transform(),
+                    fontsize=7, color="gray", va="top")
+            previous = stage
 
 
 def plot_quantizers(path: str | Path, names: list[str] | None = None) -> list[str]:

@@ -151,7 +151,7 @@ def _load_export(target: Path, *, data_dir: str | None, config: str | Path | Non
     if config is not None:
         from bnn_cli.spec.checks import check
 
-        checked, source = check(config, data_dir=data_dir), f"config {config}"
+        checked, source = check(config, data_dir=data_dir).final, f"config {config}"
     else:
         run = find_run_dir(target.parent)  # `bnn export` writes into RUN/export/
         if run is None:
@@ -160,7 +160,7 @@ def _load_export(target: Path, *, data_dir: str | None, config: str | Path | Non
                             "pass --config CONFIG.yaml (the config it was trained with)")
         from bnn_cli.training import load_run_config
 
-        checked = load_run_config(run, data_dir, trust_plugins=trust_plugins)
+        checked = load_run_config(run, data_dir, trust_plugins=trust_plugins).final
         source = f"config of run {run.path}"
     runtime = load(target)
     return _Model(runtime.predict, checked, f"{runtime.name} file, {source}")

@@ -678,7 +678,8 @@ class RunDir:
 
     def prune(self) -> None:
         """Delete checkpoint folders no pointer refers to (and leftovers of crashes)."""
-        keep = {self._pointer(w) for w in ("last", "best")} - {None}
+        # (last, best, and what each finished stage of a multi-stage run selected)
+        keep = {self._pointer(p.stem) for p in self.checkpoints.glob("*.json")} - {None}
         for child in self.checkpoints.iterdir():
             if child.is_dir() and child.name not in keep:
                 shutil.rmtree(child, ignore_errors=True)

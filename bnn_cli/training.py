@@ -42,6 +42,7 @@ from bnn_cli.runs import (
 from bnn_cli.spec.builder import build_model, build_optimizer
 from bnn_cli.spec.checks import CheckedConfig, check
 from bnn_cli.spec.schema import Config, TrainingConfig
+from bnn_cli.spec.stages import CheckedStage
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
 
@@ -163,18 +164,28 @@ class LoopState:
     stop_best: float | None = None  # best value of early stopping's metric
     wait: int = 0  # epochs without improvement, for early stopping
     wall_time: float = 0.0
+    stage: int = 0  # of a multi-stage config: the stage being trained, which
+    stage_start: int = 0  # began after this many epochs (best and wait are its own)
 
     def as_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "history": self.history or [],
                 "best_value": self.best_value, "best_epoch": self.best_epoch,
-                "stop_best": self.stop_best, "wait": self.wait, "wall_time": self.wall_time}
+                "stop_best": self.stop_best, "wait": self.wait, "wall_time": self.wall_time,
+                "stage": self.stage, "stage_start": self.stage_start}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoopState:
         return cls(epoch=int(d["epoch"]), history=list(d.get("history") or []),
                    best_value=d.get("best_value"), best_epoch=d.get("best_epoch"),
                    stop_best=d.get("stop_best", d.get("best_value")),
-                   wait=int(d.get("wait", 0)), wall_time=float(d.get("wall_time", 0.0)))
+                   wait=int(d.get("wait", 0)), wall_time=float(d.get("wall_time", 0.0)),
+                   stage=int(d.get("stage", 0)), stage_start=int(d.get("stage_start", 0)))
+
+    def next_stage(self) -> None:
+        """Start the next stage: its epochs count from here, its best is its own."""
+        self.stage, self.stage_start = self.stage + 1, self.epoch
+        self.best_value = self.best_epoch = self.stop_best = None
+        self.wait = 0
 
 
 def monitor_mode(training: TrainingConfig, monitor: str) -> str:
@@ -209,6 +220,12 @@ class Job:
     run: RunDir
     model: keras.Model
     checkpoint: tf.train.Checkpoint
+    trainer: keras.Model | None = None  # what `fit` trains, if not the model (distillation)
+    stage: CheckedStage | None = None  # of a multi-stage config
+
+    @property
+    def fit_model(self) -> keras.Model:
+        return self.trainer or self.model
 
     @property
     def config(self) -> Config:
@@ -227,8 +244,11 @@ def _seed_for(seed: int | None, epoch: int) -> int | None:
     return None if seed is None else seed * 1_000_003 + epoch
 
 
-def prepare(checked: CheckedConfig, run: RunDir) -> Job:
-    """Build the model and the optimizer of a checked config (new run or resume)."""
+def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = None,
+            teacher: keras.Model | None = None) -> Job:
+    """Build the model and the optimizer of a checked config (new run or resume); a
+    stage that distills trains a :class:`~bnn_cli.distillation.Distiller` of the model
+    and ``teacher``."""
     training = checked.spec.training
     if training.seed is not None:
         keras.utils.set_random_seed(training.seed)
@@ -239,13 +259,20 @@ def prepare(checked: CheckedConfig, run: RunDir) -> Job:
     # training.flip_ratio: every kernel quantizer logs the share of weights that flipped.
     with metrics_scope(["flip_ratio"] if training.flip_ratio else []):
         model = build_model(checked)
-    model.compile(optimizer=build_optimizer(training, checked.steps_per_epoch),
-                  loss=training.loss, metrics=list(training.metrics))
+    optimizer = build_optimizer(training, checked.steps_per_epoch)
+    model.compile(optimizer=optimizer, loss=training.loss, metrics=list(training.metrics))
+    trainer = None
+    if stage is not None and stage.distill is not None:
+        from bnn_cli.distillation import Distiller
+
+        trainer = Distiller(model, teacher, stage.distill)
+        trainer.compile(optimizer=optimizer, loss=training.loss,
+                        metrics=list(training.metrics))
     # Create the optimizer's slots now, so a checkpoint restores into them.
-    if hasattr(model.optimizer, "build"):
-        model.optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    return Job(checked, run, model, checkpoint)
+    if hasattr(optimizer, "build"):
+        optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    return Job(checked, run, model, checkpoint, trainer, stage)
 
 
 def check_training_step(job: Job) -> None:
@@ -261,7 +288,7 @@ def check_training_step(job: Job) -> None:
                                batch_size=spec.training.batch_size,
                                seed=_seed_for(spec.training.seed, 0), data_dir=job.data_dir)
     try:
-        job.model.make_train_function().get_concrete_function(
+        job.fit_model.make_train_function().get_concrete_function(
             tf.data.IteratorSpec(train.element_spec))
     except (TypeError, ValueError, AttributeError, NotImplementedError,
             tf.errors.OpError) as exc:
@@ -287,11 +314,12 @@ def _epoch(job: Job, epoch: int, callbacks: list) -> dict[str, Any]:
                                  batch_size=training.batch_size, seed=None,
                                  data_dir=job.data_dir)
     start = time.perf_counter()
-    history = job.model.fit(train, validation_data=val, initial_epoch=epoch, epochs=epoch + 1,
+    history = job.fit_model.fit(train, validation_data=val, initial_epoch=epoch, epochs=epoch + 1,
                             steps_per_epoch=training.steps_per_epoch, verbose=0,
                             callbacks=callbacks)
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
-    row = {"epoch": epoch + 1, **logs, "learning_rate": current_lr(job.model.optimizer),
+    row = {"epoch": epoch + 1, **({"stage": job.stage.name} if job.stage else {}), **logs,
+           "learning_rate": current_lr(job.model.optimizer),
            "seconds": round(time.perf_counter() - start, 3)}
     return row
 
@@ -328,9 +356,27 @@ def _plot_curves(job: Job, state: LoopState) -> None:
         sys.stderr.write(f"warning: could not draw curves.png: {exc}\n")
 
 
-def run_loop(job: Job, state: LoopState) -> TrainResult:
-    """Train from ``state`` to the configured number of epochs (or early stop)."""
+def run_loop(job: Job, state: LoopState, stages: list[CheckedStage] | None = None) -> TrainResult:
+    """Train from ``state`` to the end: the configured epochs (or an early stop) of each
+    stage in turn, each starting from the weights the one before selected; then finish."""
+    stages = stages or []
+    while True:
+        # (planned epochs: the stages still to come may stop early)
+        total = state.stage_start + sum(s.checked.spec.training.epochs
+                                        for s in stages[state.stage:]) if stages else None
+        ended = _train_stage(job, state, total)
+        if ended is not None:  # interrupted or failed
+            return ended
+        if state.stage + 1 >= len(stages):
+            return _finish(job, state)
+        job = _next_stage(job, state, stages)
+
+
+def _train_stage(job: Job, state: LoopState, total: int | None = None) -> TrainResult | None:
+    """The epochs of ``job``'s stage (its config's epochs) from ``state``; a result if
+    the run stopped before they were done. ``total``: the run's planned epochs."""
     training = job.config.spec.training
+    total = total or training.epochs
     run = job.run
     monitor = training.monitor
     mode = monitor_mode(training, monitor)
@@ -338,12 +384,13 @@ def run_loop(job: Job, state: LoopState) -> TrainResult:
     guard = _Guard()
     tensorboard = keras.callbacks.TensorBoard(str(run.file("tensorboard")), write_graph=False,
                                               profile_batch=0)
-    callbacks = [guard, _Progress(training.epochs, job.steps_per_epoch), tensorboard]
+    callbacks = [guard, _Progress(total, job.steps_per_epoch), tensorboard]
     state.history = state.history or []
-    run.write_status(status="running", epochs=training.epochs)
+    stage = {"stage": job.stage.name} if job.stage else {}
+    run.write_status(status="running", epochs=total, **stage)
     started = time.perf_counter() - state.wall_time
     with _signals_to(guard):
-        while state.epoch < training.epochs:
+        while not _training_done(training, state):
             try:
                 row = _epoch(job, state.epoch, callbacks)
             except Exception as exc:
@@ -365,12 +412,81 @@ def run_loop(job: Job, state: LoopState) -> TrainResult:
             sys.stderr.write(_format_row(row) + ("  (best)" if improved else "") + "\n")
             run.write_status(status="running", epochs_done=state.epoch,
                              best={monitor: state.best_value, "epoch": state.best_epoch},
-                             final=row, wall_time=round(state.wall_time, 2))
+                             final=row, wall_time=round(state.wall_time, 2), **stage)
             if stop and state.wait > stop.patience:
                 sys.stderr.write(f"early stopping: {stop.monitor or monitor} has not "
                                  f"improved for {state.wait} epochs\n")
                 break
-    return _finish(job, state)
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------
+
+
+def stage_pointer(stage: CheckedStage) -> str:
+    """The checkpoint pointer that keeps what a finished stage selected."""
+    return f"stage-{stage.name}"
+
+
+def stage_job(run: RunDir, stage: CheckedStage, stages: list[CheckedStage], *,
+              teacher_weights: bool = True) -> Job:
+    """The job of one stage; a distilling stage's teacher is built from its config and
+    given the weights its stage selected (or its run directory's best checkpoint)."""
+    teacher = None
+    if stage.distill is not None:
+        teacher = build_model(stage.teacher_checked)
+        if stage.teacher_run is not None:
+            _read_weights(teacher, stage.teacher_run.load_checkpoint("best"))
+        elif teacher_weights:
+            _read_weights(teacher, _selected(run, stages[stage.teacher_stage]))
+    return prepare(stage.checked, run, stage, teacher)
+
+
+def _selected(run: RunDir, stage: CheckedStage) -> Checkpoint:
+    pointer = run.checkpoints / f"{stage_pointer(stage)}.json"
+    if not pointer.is_file():
+        raise UserError(f"{run.path}: stage {stage.name!r} has no selected checkpoint "
+                        f"({pointer} is missing), so the stages after it cannot start")
+    return run.load_checkpoint(stage_pointer(stage))
+
+
+def _read_weights(model: keras.Model, checkpoint: Checkpoint) -> None:
+    tf.train.Checkpoint(model=model).read(checkpoint.prefix).expect_partial()
+
+
+def _next_stage(job: Job, state: LoopState, stages: list[CheckedStage]) -> Job:
+    """Keep what the finished stage selected, then start the next from its weights."""
+    done = stages[state.stage]
+    job.run.point(stage_pointer(done), state.best_epoch or state.epoch)
+    selected = _selected(job.run, done)
+    restore(job, selected, partial=True)
+    state.next_stage()
+    new = stage_job(job.run, stages[state.stage], stages)
+    carried, fresh = carry_weights(job.model, new.model)
+    sys.stderr.write(f"stage {new.stage.name!r} starts from {selected.path.name}, what "
+                     f"stage {done.name!r} selected ({carried} layers' weights"
+                     + (f"; new: {', '.join(fresh)}" if fresh else "") + ")\n")
+    return new
+
+
+def carry_weights(source: keras.Model, target: keras.Model) -> tuple[int, list[str]]:
+    """Copy each layer's weights to the layer of the same name and weight shapes; the
+    number copied, and the names of the target's layers with weights that got none."""
+    by_name = {layer.name: layer for layer in source.layers}
+    carried, fresh = 0, []
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        old = by_name.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if old is not None and [tuple(w.shape) for w in old.weights] == shapes:
+            layer.set_weights(old.get_weights())
+            carried += 1
+        else:
+            fresh.append(layer.name)
+    return carried, fresh
 
 
 def _finish(job: Job, state: LoopState) -> TrainResult:
@@ -507,9 +623,8 @@ def train_from_config(config_path: str | Path, overrides: list[str], *,
     """``bnn train CONFIG``: check, build, create a run directory and train."""
     plugins = list(plugins or [])
     checked = check(config_path, overrides, plugins=plugins, data_dir=data_dir)
-    # Build and trace before anything is written.
-    job = prepare(checked, RunDir(Path(output_root)))
-    check_training_step(job)
+    # Build and trace (every stage's) before anything is written.
+    job = _first_job(checked, RunDir(Path(output_root)))
     config = checked.config
 
     def fill(run: RunDir) -> None:
@@ -521,7 +636,20 @@ def train_from_config(config_path: str | Path, overrides: list[str], *,
     run = job.run = RunDir.create(output_root, config.name, fill)  # (locked)
     with _ending_recorded(run):
         sys.stderr.write(f"run directory: {run.path}\n")
-        return run_loop(job, LoopState())
+        return run_loop(job, LoopState(), checked.stages)
+
+
+def _first_job(checked: CheckedConfig, run: RunDir) -> Job:
+    """The job that trains first, after building and tracing each stage's (a stage's
+    mistakes must stop the run before it starts, not after the stages before it)."""
+    if not checked.stages:
+        job = prepare(checked, run)
+        check_training_step(job)
+        return job
+    for stage in reversed(checked.stages):  # (the first stage's job is built last)
+        job = stage_job(run, stage, checked.stages, teacher_weights=False)
+        check_training_step(job)
+    return job
 
 
 def load_run_config(run: RunDir, data_dir: str | None = None, *,
@@ -585,7 +713,7 @@ def resume_run(run_path: str | Path, *, data_dir: str | None = None,
             status = {}
         if status.get("status") == "completed":  # (completed while we took the lock)
             return _already_completed(run)
-        return _resume(prepare(checked, run))
+        return _resume(run, checked)
 
 
 def _already_completed(run: RunDir) -> TrainResult:
@@ -598,29 +726,34 @@ def _already_completed(run: RunDir) -> TrainResult:
     return TrainResult(run.path, "completed", EXIT_OK, history)
 
 
-def _resume(job: Job) -> TrainResult:
-    """Restore the last good checkpoint into a prepared job and train on from it."""
-    run, config = job.run, job.config
+def _resume(run: RunDir, checked: CheckedConfig) -> TrainResult:
+    """Restore the last good checkpoint into the job of its stage and train on from it."""
+    checkpoint = run.load_checkpoint("last") if any(run.checkpoints.glob("epoch-*")) \
+        else None
+    # (Without one, the run stopped before its first epoch ended: start over in place.)
+    state = LoopState.from_dict(checkpoint.state) if checkpoint else LoopState()
+    if checked.stages and state.stage >= len(checked.stages):
+        raise UserError(f"{checkpoint.path} is of stage {state.stage + 1}, but the run's "
+                        f"config has {len(checked.stages)} stages")
+    job = (stage_job(run, checked.stages[state.stage], checked.stages) if checked.stages
+           else prepare(checked, run))
     check_training_step(job)  # (as a new run does: the same traces, the same numbers)
     saved_at = None
-    if any(run.checkpoints.glob("epoch-*")):
-        checkpoint = run.load_checkpoint("last")
+    if checkpoint is not None:
         restore(job, checkpoint)
-        state = LoopState.from_dict(checkpoint.state)
         run.align_pointers(state.epoch, state.best_epoch)
         saved_at = checkpoint.saved_at
-    else:  # stopped before the first epoch ended: start over in the same folder
-        state = LoopState()
     # The history comes from the checkpoint's state, so epochs after it (written before
     # the kill, or after a corrupt checkpoint that was skipped) are dropped here, in the
     # metrics files and in TensorBoard's, and appear again, once, when they are re-run.
     run.write_metrics(state.history or [])
     run.drop_events_after(saved_at)
     run.write_status(status="running", epochs_done=state.epoch)
-    sys.stderr.write(f"resuming {run.path} after epoch {state.epoch}\n")
-    if _training_done(config.spec.training, state):  # killed (or failed) while finishing
-        return _finish(job, state)
-    return run_loop(job, state)
+    sys.stderr.write(f"resuming {run.path} after epoch {state.epoch}"
+                     + (f" (stage {job.stage.name!r})" if job.stage else "") + "\n")
+    # (A stage whose epochs are done goes on to the next, or, killed while finishing, to
+    # finishing.)
+    return run_loop(job, state, checked.stages)
 
 
 @contextlib.contextmanager
@@ -659,10 +792,11 @@ def _record_end(run: RunDir, status: str, error: str) -> None:
 
 
 def _training_done(training: TrainingConfig, state: LoopState) -> bool:
-    """Whether the loop would train no further epoch from ``state`` (all epochs done, or
-    early stopping already triggered)."""
+    """Whether the loop would train no further epoch of the stage from ``state`` (all
+    its epochs done, or early stopping already triggered)."""
     stop = training.early_stopping
-    return state.epoch >= training.epochs or bool(stop and state.wait > stop.patience)
+    return (state.epoch >= state.stage_start + training.epochs
+            or bool(stop and state.wait > stop.patience))
 
 
 def _warn_if_config_differs(run: RunDir, given: Path) -> None:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bnn_cli._keras import keras
 from bnn_cli.errors import UserError, did_you_mean
 from bnn_cli.registry import REGISTRY, Entry, load_builtins, signature_params
+from bnn_cli.spec import stages as staging
 from bnn_cli.spec.graph import Graph, Node, cycles, expand, topological
 from bnn_cli.spec.plugins import load_plugins
 from bnn_cli.spec.schema import (
@@ -32,6 +33,7 @@ from bnn_cli.spec.schema import (
     load_config,
 )
 from bnn_cli.spec.source import PathKey
+from bnn_cli.spec.stages import CheckedStage
 
 # Keyword arguments every Keras layer takes through **kwargs.
 BASE_LAYER_ARGS = {"name", "trainable", "dtype", "dynamic", "input_shape",
@@ -48,10 +50,16 @@ class CheckedConfig:
     data_dir: str | None  # the TFDS data_dir in effect
     data: Any  # bnn_cli.data.DataInfo of the dataset; None where it was not checked
     data_unchecked: str | None = None  # why the data section was not checked, if not
+    stages: list[CheckedStage] = field(default_factory=list)  # of a multi-stage config
 
     @property
     def spec(self) -> ConfigFile:
         return self.config.spec
+
+    @property
+    def final(self) -> CheckedConfig:
+        """The config of the model a run ends with: its last stage's, if it has stages."""
+        return self.stages[-1].checked if self.stages else self
 
     @property
     def input_shapes(self) -> dict[str, tuple[list[int | None], str]]:
@@ -86,6 +94,16 @@ def check(path: str | Path, overrides: Iterable[str] = (), *, plugins: Iterable[
     load_builtins()
     config = _load(path, list(overrides))
     load_plugins(config, plugins, plugin_base)
+    checked = _check_loaded(config, data_dir, allow_unprepared_data)
+    if config.spec.stages:
+        checked.stages = _check_stages(checked, Path(path), list(overrides), data_dir,
+                                       allow_unprepared_data)
+    return checked
+
+
+def _check_loaded(config: Config, data_dir: str | None,
+                  allow_unprepared_data: bool) -> CheckedConfig:
+    """Check a loaded config (its plugins imported): model, training, data."""
     graph, problems = _graph_problems(config)
     problems += _training_problems(config, graph)
     ensure_valid(problems)
@@ -102,6 +120,49 @@ def check(path: str | Path, overrides: Iterable[str] = (), *, plugins: Iterable[
     ensure_valid([config.problem(("data", key), str(exc)) for key, exc in
                   _split_errors(config, info)])
     return CheckedConfig(config, graph, resolved_dir, info)
+
+
+def _check_stages(base: CheckedConfig, path: Path, overrides: list[str],
+                  data_dir: str | None, allow_unprepared_data: bool) -> list[CheckedStage]:
+    """Each stage's config checked as a whole config; its teacher resolved and checked."""
+    config, specs = base.config, base.spec.stages or []
+    names = [s.name for s in specs]
+    problems = [config.problem(("stages", i, "name"), f"a stage named {s.name!r} comes "
+                               "earlier; give each stage its own name")
+                for i, s in enumerate(specs) if s.name in names[:i]]
+    ensure_valid(problems)
+    done: list[CheckedStage] = []
+    for i, spec in enumerate(specs):
+        try:
+            checked = _check_loaded(staging.stage_config(path, i, overrides), data_dir,
+                                    allow_unprepared_data)
+        except ConfigError as exc:
+            raise ConfigError([Problem(p.path, f"in stage {spec.name!r}: {p.message}",
+                                       p.location) for p in exc.problems]) from None
+        stage = CheckedStage(i, spec.name, checked, spec.distill)
+        if spec.distill is not None:
+            _resolve_teacher(stage, names, done, config, data_dir)
+            problems += staging.distill_problems(config, i, spec.distill, checked.graph,
+                                                 stage.teacher_checked.graph)
+        done.append(stage)
+    ensure_valid(problems)
+    return done
+
+
+def _resolve_teacher(stage: CheckedStage, names: list[str], done: list[CheckedStage],
+                     config: Config, data_dir: str | None) -> None:
+    teacher = stage.distill.teacher
+    if teacher in names[:stage.index]:
+        stage.teacher_stage = names.index(teacher)
+        stage.teacher_checked = done[stage.teacher_stage].checked
+    elif teacher in names:
+        ensure_valid([config.problem(
+            ("stages", stage.index, "distill", "teacher"),
+            f"the teacher {teacher!r} is this stage or a later one; a stage learns from a "
+            "stage that ran before it (or from a run directory)")])
+    else:
+        stage.teacher_run = staging.teacher_run(config, stage.index, stage.distill)
+        stage.teacher_checked = staging.check_teacher_run(stage.teacher_run, data_dir)
 
 
 def _load(path: str | Path, overrides: list[str]) -> Config:

@@ -213,6 +213,37 @@ class TrainingConfig(Strict):
     flip_ratio: bool = False  # track the flip ratio of binary kernels
 
 
+class AttentionPair(Strict):
+    """Attention transfer between a student layer and a teacher layer of the same
+    spatial size (Zagoruyko & Komodakis, 2017; Real-to-Binary's stages)."""
+
+    student: str
+    teacher: str | None = None  # default: the layer of the same name
+
+
+class Distill(Strict):
+    """Learn from a teacher: loss = label_weight * training.loss(labels)
+    + kd_weight * T^2 * KL(softmax(teacher/T) || softmax(student/T))
+    + attention_weight * sum over pairs of |a_s - a_t|_2, with a = the L2-normalized
+    map of squared activations summed over channels."""
+
+    teacher: str  # an earlier stage of this run, or a run directory
+    temperature: float = Field(default=1.0, gt=0)
+    kd_weight: float = Field(default=1.0, ge=0)
+    label_weight: float = Field(default=1.0, ge=0)
+    attention: list[AttentionPair] = Field(default_factory=list)
+    attention_weight: float = Field(default=1.0, ge=0)
+
+
+class Stage(Strict):
+    """One step of a multi-stage recipe: the config with ``set`` applied (``KEY.PATH:
+    VALUE``, as command-line overrides), starting from the weights of the stage before."""
+
+    name: Name
+    set: dict[str, Any] = Field(default_factory=dict)
+    distill: Distill | None = None
+
+
 class ConfigFile(Strict):
     """A whole config file."""
 
@@ -221,6 +252,7 @@ class ConfigFile(Strict):
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    stages: list[Stage] | None = Field(default=None, min_length=1)
 
 
 # ---------------------------------------------------------------------------------------

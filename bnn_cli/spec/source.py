@@ -464,7 +464,7 @@ def apply_overrides(doc: Document, overrides: list[str]) -> None:
         _check_size(len(raw.encode("utf-8", "surrogatepass")),
                     f"override #{i} ({key.strip()}=...): the value")
         value = parse_yaml(raw or "null", f"override #{i}").data if raw.strip() else None
-        path, replaced = _set_path(doc, path, value, item)
+        path, replaced = set_path(doc, path, value, item)
         # The replaced value's parts were written in the file; an error in the new value
         # must point at the override, not at what used to be there.
         for stale in _paths_below(path, replaced):
@@ -494,7 +494,7 @@ def _paths_below(path: PathKey, value: Any) -> Iterator[PathKey]:
             stack.append((sub, child))
 
 
-def _set_path(doc: Document, path: PathKey, value: Any, item: str) -> tuple[PathKey, Any]:
+def set_path(doc: Document, path: PathKey, value: Any, item: str) -> tuple[PathKey, Any]:
     """Set ``path`` to ``value``; return the path (list indices made non-negative, as the
     recorded paths are) and the value it replaced (``None`` if it was new)."""
     if not isinstance(doc.data, dict):
