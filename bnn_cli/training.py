@@ -603,8 +603,9 @@ def _fail_nan(job: Job, state: LoopState, guard: _Guard) -> TrainResult:
 def _write_run_files(run: RunDir, config: Config, overrides: list[str], model: keras.Model,
                      plugins: list[str]) -> None:
     from bnn_cli.models import summary, summary_data
+    from bnn_cli.spec.source import flattened_text
 
-    original = config.path.read_text(encoding="utf-8") if config.path else ""
+    original = flattened_text(config.path) if config.path else ""
     atomic_write_text(run.file("config.yaml"), original)
     resolved = config.spec.model_dump(mode="json")
     resolved["name"] = config.name

@@ -22,8 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bnn_cli.errors import UserError, did_you_mean
 from bnn_cli.runs import NAME_PATTERN, safe_name
-from bnn_cli.spec.source import Document, Location, PathKey, apply_overrides, format_path
-from bnn_cli.spec.source import load_yaml as _load_yaml
+from bnn_cli.spec.source import (
+    Document,
+    Location,
+    PathKey,
+    apply_overrides,
+    format_path,
+    load_config_document,
+)
 
 # ---------------------------------------------------------------------------------------
 # Schema
@@ -248,6 +254,8 @@ class ConfigFile(Strict):
     """A whole config file."""
 
     name: Name | None = None  # run name; default: the file's stem
+    # The config this file changes (resolved when the file is read; listed for editors).
+    extends: str | None = None
     plugins: list[str] = Field(default_factory=list)
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
@@ -307,7 +315,7 @@ class Config:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, override and validate a config file; raise :class:`ConfigError` on problems."""
-    doc = _load_yaml(path)
+    doc = load_config_document(path)
     apply_overrides(doc, list(overrides or []))
     return validate(doc, Path(path))
 

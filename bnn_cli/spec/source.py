@@ -431,6 +431,72 @@ def load_yaml(path: str | Path) -> Document:
 
 
 # ---------------------------------------------------------------------------------------
+# extends: a config written as changes to another
+# ---------------------------------------------------------------------------------------
+
+MAX_EXTENDS = 8  # files in one chain
+
+
+def load_config_document(path: str | Path, _chain: tuple[Path, ...] = ()) -> Document:
+    """A config file, with ``extends: OTHER.yaml`` (relative to the file) resolved: this
+    file's mappings merge into the other's, key by key; any other value replaces the
+    other's. Every value keeps the location of the file that wrote it."""
+    doc = load_yaml(path)
+    if not isinstance(doc.data, dict) or "extends" not in doc.data:
+        return doc
+    base = doc.data["extends"]
+    where = doc.locate(("extends",))
+    if not isinstance(base, str) or not base.strip():
+        raise UserError(f"{where}: extends: names the config file this one changes (a path "
+                        f"relative to {Path(path).name}'s folder), not {base!r}")
+    base_path = (Path(path).parent / base).resolve()
+    chain = (*_chain, Path(path).resolve())
+    if base_path in chain:
+        raise UserError(f"{where}: extends: {base!r} leads back to "
+                        f"{Path(path).name}: the files extend each other in a circle")
+    if len(chain) >= MAX_EXTENDS:
+        raise UserError(f"{where}: extends: more than {MAX_EXTENDS} files extend one "
+                        "another; write the config in fewer steps")
+    try:
+        merged = load_config_document(base_path, chain)
+    except UserError as exc:
+        raise UserError(f"{exc} (the config that {where} extends)") from None
+    merged.source = doc.source
+    _merge_into(merged, doc, {k: v for k, v in doc.data.items() if k != "extends"}, ())
+    return merged
+
+
+def _merge_into(target: Document, child: Document, mapping: dict, path: PathKey) -> None:
+    node = target.data
+    for part in path:
+        node = node[part]
+    for key, value in mapping.items():
+        here = (*path, key)
+        if isinstance(value, dict) and isinstance(node.get(key), dict):
+            _merge_into(target, child, value, here)
+        else:
+            for table in (target.values, target.keys):  # the replaced value's places
+                for stale in [p for p in table if p[:len(here)] == here]:
+                    del table[stale]
+            node[key] = value
+            for table, own in ((target.values, child.values), (target.keys, child.keys)):
+                table.update({p: loc for p, loc in own.items() if p[:len(here)] == here})
+        if here in child.keys:
+            target.keys[here] = child.keys[here]
+
+
+def flattened_text(path: str | Path) -> str:
+    """The config file's text; with ``extends``, the merged config as one file (what a
+    run directory keeps, so that it does not depend on the other files staying put)."""
+    text = Path(path).read_text(encoding="utf-8")
+    doc = load_config_document(path)
+    if doc.data == load_yaml(path).data:
+        return text
+    return (f"# {Path(path).name} with its `extends:` resolved (written by bnn)\n"
+            + yaml.safe_dump(doc.data, sort_keys=False, allow_unicode=True))
+
+
+# ---------------------------------------------------------------------------------------
 # Command-line overrides: KEY.PATH=VALUE
 # ---------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from bnn_cli.spec.source import (
     Document,
     PathKey,
     apply_overrides,
-    load_yaml,
+    load_config_document,
     parse_override_path,
     set_path,
 )
@@ -47,13 +47,13 @@ class CheckedStage:
 
 def stage_document(path: str | Path, index: int, overrides: list[str]) -> Document:
     """The config file as stage ``index`` sees it (without ``stages``)."""
-    whole = load_yaml(path)
+    whole = load_config_document(path)
     apply_overrides(whole, overrides)  # (the stages may come from the command line)
     stage = whole.data["stages"][index]
     prefix: PathKey = ("stages", index, "set")
     raw = {p: loc for p, loc in whole.values.items() if p[:3] == prefix}
     raw_keys = {p: loc for p, loc in whole.keys.items() if p[:3] == prefix}
-    doc = load_yaml(path)
+    doc = load_config_document(path)
     doc.data = {k: v for k, v in doc.data.items() if k != "stages"}
     _forget(doc, ("stages",))
     for key, value in (stage.get("set") or {}).items():
