@@ -139,7 +139,7 @@ def _check_stages(base: CheckedConfig, path: Path, overrides: list[str],
         except ConfigError as exc:
             raise ConfigError([Problem(p.path, f"in stage {spec.name!r}: {p.message}",
                                        p.location) for p in exc.problems]) from None
-        stage = CheckedStage(i, spec.name, checked, spec.distill)
+        stage = CheckedStage(i, spec.name, checked, spec.distill, spec.set)
         if spec.distill is not None:
             _resolve_teacher(stage, names, done, config, data_dir)
             problems += staging.distill_problems(config, i, spec.distill, checked.graph,

@@ -24,10 +24,17 @@ class CheckReport:
                 **({"data_warning": unchecked} if unchecked else {}),
                 **self.summary.as_dict(),
                 **({"deployability": self.deployability.as_dict()}
-                   if self.deployability else {})}
+                   if self.deployability else {}),
+                **({"stages": [_stage_dict(s) for s in self.checked.stages]}
+                   if self.checked.stages else {})}
 
     def print(self) -> None:
         print("\n".join(self.text))
+        if self.checked.stages:
+            print(f"\n{len(self.checked.stages)} stages (the summary above is the last "
+                  "one's model):")
+            for stage in self.checked.stages:
+                print("  " + _stage_line(stage))
         if self.deployability:
             print("\n" + "\n".join(self.deployability.lines()))
         data = self.checked.spec.data
@@ -56,9 +63,32 @@ def check_config(path: str | Path, overrides: list[str], *, plugins: list[str] |
         deployability.check_target(target)  # (before the slow part)
     checked = check(path, overrides, plugins=plugins or [], data_dir=data_dir,
                     allow_unprepared_data=True)
-    model = build_model(checked)
-    build_optimizer(checked.spec.training, checked.steps_per_epoch)
+    # (With stages, the model the run ends with: the last stage's.)
+    model = build_model(checked.final)
+    for stage in checked.stages or [checked]:
+        stage_checked = getattr(stage, "checked", stage)
+        build_optimizer(stage_checked.spec.training, stage_checked.steps_per_epoch)
     lines: list[str] = []
     summary(model, print_fn=lines.append)
     verdicts = deployability.lce_report(model) if target is not None else None
     return CheckReport(checked, summary_data(model), lines, verdicts)
+
+
+def _stage_dict(stage: Any) -> dict[str, Any]:
+    return {"name": stage.name, "epochs": stage.checked.spec.training.epochs,
+            "set": stage.set, "distill": stage.distill.model_dump() if stage.distill else None}
+
+
+def _stage_line(stage: Any) -> str:
+    """``2. binary_activations: 7 epochs; sets a, b; learns from 'real' (kd 3.0, ...)``"""
+    data = _stage_dict(stage)
+    text = f"{stage.index + 1}. {stage.name}: {data['epochs']} epochs"
+    if data["set"]:
+        text += f"; sets {', '.join(data['set'])}"
+    if stage.distill is not None:
+        d = stage.distill
+        text += (f"; learns from {d.teacher!r} (labels {d.label_weight:g}, soft targets "
+                 f"{d.kd_weight:g} at T={d.temperature:g}"
+                 + (f", attention {d.attention_weight:g} on {len(d.attention)} layers"
+                    if d.attention else "") + ")")
+    return text

@@ -11,9 +11,9 @@ directory's stored config.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bnn_cli.errors import UserError, did_you_mean
 from bnn_cli.spec.graph import Graph
@@ -40,6 +40,7 @@ class CheckedStage:
     name: str
     checked: CheckedConfig
     distill: Distill | None = None
+    set: dict[str, Any] = field(default_factory=dict)  # what the stage changes
     teacher_stage: int | None = None  # an earlier stage of the run, or
     teacher_run: RunDir | None = None  # another run directory, with
     teacher_checked: CheckedConfig | None = None  # its config (either way)
@@ -94,8 +95,8 @@ def distill_problems(config: Config, index: int, distill: Distill, student: Grap
                 problems.append(config.problem(
                     (*where, "kd_weight"),
                     f"distillation compares logits, so the {role} model must end with "
-                    "{type: Activation, activation: softmax} (its input is the logits); "
-                    "end it so, or set kd_weight: 0"))
+                    "{type: Activation, activation: softmax} or {type: Softmax} (its input "
+                    "is the logits); end it so, or set kd_weight: 0"))
     names = {"student": {n.name for n in student.nodes},
              "teacher": {n.name for n in teacher.nodes}}
     for i, pair in enumerate(distill.attention):
@@ -113,7 +114,8 @@ def _ends_in_softmax(graph: Graph) -> bool:
     if len(graph.outputs) != 1:
         return False
     node = next(n for n in graph.nodes if n.name == graph.outputs[0])
-    return node.type == "Activation" and node.args.get("activation") == "softmax"
+    return node.type == "Softmax" or (node.type == "Activation"
+                                      and node.args.get("activation") == "softmax")
 
 
 def teacher_run(config: Config, index: int, distill: Distill) -> RunDir:

@@ -1,0 +1,75 @@
+"""The shipped multi-stage recipes (configs/recipes/): each checks, stage by stage, with
+the stages and teachers it documents; the small ones train end to end (one short epoch
+a stage) with every stage's terms logged."""
+
+import json
+
+import pytest
+import yaml
+from conftest import ROOT, dataset_for
+
+from bnn_cli.cli import main
+
+RECIPES = sorted((ROOT / "configs" / "recipes").glob("*.yaml"))
+
+# name -> (stage names, the teacher of each stage or None)
+EXPECTED = {
+    "bireal_fashion_two_step": (["binary_activations", "binary_weights"], [None, None]),
+    "bireal_fashion_real_to_binary": (["real", "binary_activations", "binary"],
+                                      [None, "real", "binary_activations"]),
+    "quicknet_mnist_two_step": (["binary_activations", "binary_weights"], [None, None]),
+    "quicknet_mnist_real_to_binary": (["real", "binary_activations", "binary"],
+                                      [None, "real", "binary_activations"]),
+    "quicknet_imagenet_two_step": (["binary_activations", "binary_weights"], [None, None]),
+    "real_to_binary_imagenet": (["real", "binary_activations", "binary"],
+                                [None, "real", "binary_activations"]),
+}
+
+
+def _dataset(recipe) -> str:
+    from bnn_cli.spec.source import load_config_document
+
+    return load_config_document(recipe).data["data"]["dataset"]
+
+
+def test_every_recipe_is_listed():
+    assert sorted(p.stem for p in RECIPES) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipes_check_stage_by_stage(recipe, tmp_path):
+    from bnn_cli.spec.checks import check
+
+    names, teachers = EXPECTED[recipe.stem]
+    dataset = _dataset(recipe)
+    if dataset == "imagenet2012":  # (checked, not trained: not on this machine)
+        checked = check(recipe, allow_unprepared_data=True)
+    else:
+        with dataset_for(dataset, tmp_path) as data_dir:
+            checked = check(recipe, data_dir=data_dir)
+    assert [s.name for s in checked.stages] == names
+    assert [s.distill.teacher if s.distill else None for s in checked.stages] == teachers
+    # The last stage is the BNN the file extends: it switches no quantizer off.
+    assert not any("quantizer" in key for key in checked.stages[-1].set)
+
+
+@pytest.mark.parametrize("recipe", ["quicknet_mnist_real_to_binary",
+                                    "quicknet_mnist_two_step"])
+def test_small_recipes_train_through_their_stages(recipe, tmp_path):
+    path = ROOT / "configs" / "recipes" / f"{recipe}.yaml"
+    with dataset_for("mnist", tmp_path) as data_dir:
+        out = tmp_path / "runs"
+        assert main(["train", str(path), "training.epochs=1", "training.steps_per_epoch=2",
+                     "training.batch_size=16", "data.train_split=train[:512]",
+                     "data.validation_split=train[512:640]", "data.test_split=test[:128]",
+                     "--data-dir", data_dir, "--output", str(out)]) == 0
+    (run,) = list(out.iterdir())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    names, teachers = EXPECTED[recipe]
+    assert [r["stage"] for r in rows] == names
+    for row, teacher in zip(rows, teachers, strict=True):
+        assert ("distill_loss" in row) == (teacher is not None)
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "completed" and status["test"]["metrics"]["accuracy"] >= 0
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert "extends" not in stored and stored["stages"][0]["name"] == names[0]
