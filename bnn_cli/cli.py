@@ -49,6 +49,9 @@ DataDir = Annotated[
                                     "$TFDS_DATA_DIR, else TFDS's default).", show_default=False),
 ]
 
+CheckpointChoice = Annotated[
+    str, typer.Option(help="best or last (for a run directory).")]
+
 
 def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
@@ -227,8 +230,7 @@ def evaluate(
              "or a saved model file (.keras, .h5, .hdf5).")],
     split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the "
                                                    "config's test split).")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] =
-    "best",
+    checkpoint: CheckpointChoice = "best",
     data_dir: DataDir = None,
     json_: JsonFlag = False,
     config: Annotated[Path | None, typer.Option(
@@ -259,8 +261,7 @@ def export(
                          "the larq-compute-engine package).")],
     output: Annotated[Path | None, typer.Option(help="File (or SavedModel folder) to write "
                                                      "(default: RUN/export/).")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] =
-    "best",
+    checkpoint: CheckpointChoice = "best",
     latent: Annotated[bool, typer.Option("--latent", help="Keep the training form (latent "
                                                           "weights, kernel quantizers).")] =
     False,
@@ -322,8 +323,7 @@ def predict(
         help="Predict examples of this split of the config's dataset instead, e.g. "
              "'test[:10]'.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Classes shown per input.")] = 3,
-    checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] =
-    "best",
+    checkpoint: CheckpointChoice = "best",
     data_dir: DataDir = None,
     json_: JsonFlag = False,
     config: Annotated[Path | None, typer.Option(
