@@ -23,7 +23,6 @@ by reading the converted file.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -414,16 +413,12 @@ def _kernel_signs(layer: keras.layers.Layer) -> np.ndarray:
 def _bconv_filter_signs(flatbuffer: bytes) -> list[np.ndarray | None]:
     """Each LceBconv2d's filter as sign bits (out, h, w, in), in execution order; None
     where the file does not hold it in a form read here."""
-    schema = importlib.import_module("tensorflow.lite.python.schema_py_generated")
-    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    from bnn_cli.runtimes import op_type, read_flatbuffer
+
+    model = read_flatbuffer(flatbuffer)
     graph = model.subgraphs[0]
-    found = []
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        if (code.customCode or b"").decode() != BINARY_OP:
-            continue
-        found.append(_filter_signs(graph.tensors[op.inputs[1]], model.buffers))
-    return found
+    return [_filter_signs(graph.tensors[op.inputs[1]], model.buffers)
+            for op in graph.operators if op_type(model, op) == BINARY_OP]
 
 
 def _filter_signs(tensor: Any, buffers: list) -> np.ndarray | None:

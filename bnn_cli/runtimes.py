@@ -72,22 +72,31 @@ class Operator:
     outputs: tuple[str, ...]
 
 
+def read_flatbuffer(flatbuffer: bytes) -> Any:
+    """A TFLite flatbuffer as TensorFlow's generated object API reads it (``ModelT``:
+    subgraphs, operators, tensors, buffers), the reader tf.lite's own tools use."""
+    schema = importlib.import_module("tensorflow.lite.python.schema_py_generated")
+    return schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+
+
+def op_type(model: Any, op: Any) -> str:
+    """An operator's type: its builtin name, or the custom code (``LceBconv2d``)."""
+    schema = importlib.import_module("tensorflow.lite.python.schema_py_generated")
+    code = model.operatorCodes[op.opcodeIndex]
+    if code.customCode:
+        return code.customCode.decode()
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    return next((name for name, value in vars(schema.BuiltinOperator).items()
+                 if value == builtin and not name.startswith("_")), "?")
+
+
 def operators(flatbuffer: bytes) -> list[Operator]:
     """The operations of a TFLite flatbuffer's main subgraph, in execution order."""
-    # TensorFlow's own generated reader of the TFLite schema (what tf.lite's tools use).
-    schema = importlib.import_module("tensorflow.lite.python.schema_py_generated")
-    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
-    builtin_names = {code: name for name, code in vars(schema.BuiltinOperator).items()
-                     if not name.startswith("_")}
+    model = read_flatbuffer(flatbuffer)
     graph = model.subgraphs[0]
-    found = []
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        kind = (code.customCode.decode() if code.customCode else
-                builtin_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?"))
-        outputs = tuple(graph.tensors[i].name.decode() for i in op.outputs if i >= 0)
-        found.append(Operator(kind, outputs))
-    return found
+    return [Operator(op_type(model, op),
+                     tuple(graph.tensors[i].name.decode() for i in op.outputs if i >= 0))
+            for op in graph.operators]
 
 
 def lce_operators(flatbuffer: bytes) -> list[Operator]:
