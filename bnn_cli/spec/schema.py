@@ -161,7 +161,7 @@ class BlockDef(Strict):
 
 class InputSpec(Strict):
     name: str = "input"
-    shape: list[int | None]
+    shape: list[Annotated[int, Field(ge=1)] | None]  # None: any size
     dtype: str = "float32"
 
 
