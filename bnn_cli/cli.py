@@ -57,6 +57,14 @@ def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+def _show(report: Any, json_: bool) -> None:
+    """A command's report: one JSON object with --json, else its text."""
+    if json_:
+        _echo_json(report.as_dict())
+    else:
+        report.print()
+
+
 def _import_plugins(plugins: list[str] | None) -> None:
     from bnn_cli.spec.plugins import import_plugin
 
@@ -139,10 +147,7 @@ def check(
 
     report = check_config(config, overrides or [], plugins=plugin or [], data_dir=data_dir,
                           target=target)
-    if json_:
-        _echo_json(report.as_dict())
-    else:
-        report.print()
+    _show(report, json_)
 
 
 @app.command("plot-quantizers")
@@ -243,10 +248,7 @@ def evaluate(
 
     report = evaluate_target(target, split=split, checkpoint=checkpoint, data_dir=data_dir,
                              config=config, trust_plugins=trust_plugins)
-    if json_:
-        _echo_json(report.as_dict())
-    else:
-        report.print()
+    _show(report, json_)
     if report.unsaved:  # (after the result, which is what counts)
         typer.echo(f"warning: {report.unsaved}", err=True)
 
@@ -281,10 +283,7 @@ def export(
     report = export_target(target, fmt=format_, output=output, checkpoint=checkpoint,
                            latent=latent, data_dir=data_dir, config=config,
                            trust_plugins=trust_plugins, int8=int8)
-    if json_:
-        _echo_json(report.as_dict())
-    else:
-        report.print()
+    _show(report, json_)
 
 
 @app.command("benchmark-model")
@@ -303,10 +302,7 @@ def benchmark_model(
     from bnn_cli.latency import benchmark
 
     report = benchmark(file, threads=threads, runs=runs, warmup=warmup, baseline=baseline)
-    if json_:
-        _echo_json(report.as_dict())
-    else:
-        report.print()
+    _show(report, json_)
 
 
 @app.command()
@@ -337,10 +333,7 @@ def predict(
     report = predict_target(target, inputs or [], split=split, top_k=top_k,
                             checkpoint=checkpoint, data_dir=data_dir, config=config,
                             trust_plugins=trust_plugins)
-    if json_:
-        _echo_json(report.as_dict())
-    else:
-        report.print()
+    _show(report, json_)
 
 
 def _click_exceptions():
