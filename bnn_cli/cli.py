@@ -336,6 +336,50 @@ def predict(
     _show(report, json_)
 
 
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="The YAML config file to sweep.")],
+    args: Annotated[list[str] | None, typer.Argument(
+        metavar="KEY=VALUES...", show_default=False,
+        help="What to vary: KEY=V1,V2 (a grid axis, or the choices of a random/TPE "
+             "search), KEY=choice(a,b), range(a,b[,step]), int(a,b), uniform(a,b), "
+             "loguniform(a,b); KEY=V alone is fixed for every trial.")] = None,
+    search: Annotated[str, typer.Option(help="grid (every combination of the listed "
+                                             "values), random or tpe (Optuna's samplers).")]
+    = "grid",
+    trials: Annotated[int | None, typer.Option(help="Trials of a random or TPE search "
+                                                    "(default 10).", show_default=False)]
+    = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sampler (the same seed "
+                                                  "samples the same trials).",
+                                             show_default=False)] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage URL (default: sqlite:///DIR/study.db); hosts that run the "
+             "same command with one postgresql:// or mysql:// URL share the study.",
+        show_default=False)] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: the sweep "
+                                                   "folder's name).", show_default=False)]
+    = None,
+    output: Annotated[Path | None, typer.Option(
+        help="The sweep folder (default: runs/sweep-<config name>).", show_default=False)]
+    = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Stop trials whose monitored "
+                                                        "metric is worse than the median of "
+                                                        "earlier trials at the same epoch.")]
+    = False,
+    data_dir: DataDir = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Train a config over a grid or a sampled search; resumable; results.csv/.png."""
+    from bnn_cli.experiments.sweep import SweepSettings, run_sweep
+
+    report = run_sweep(SweepSettings(config, list(args or []), search=search, trials=trials,
+                                     seed=seed, storage=storage, study=study, output=output,
+                                     prune=prune, data_dir=data_dir))
+    _show(report, json_)
+    raise typer.Exit(report.exit_code)
+
+
 def _click_exceptions():
     """Click's exception classes (recent Typer releases vendor Click)."""
     try:
