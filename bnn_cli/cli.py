@@ -380,6 +380,41 @@ def sweep(
     raise typer.Exit(report.exit_code)
 
 
+@app.command("runs")
+def runs_table(
+    folder: Annotated[Path, typer.Argument(
+        metavar="DIR", help="Folder searched (recursively) for run directories: runs/, a "
+                            "sweep folder, ...")] = Path("runs"),
+    json_: JsonFlag = False,
+    sort: Annotated[str | None, typer.Option(
+        help="name, status, started, epochs, best, test, wall_time or a config key "
+             "(training.learning_rate); best and test sort best first; '-KEY' reverses.",
+        show_default=False)] = None,
+    filter_: Annotated[list[str] | None, typer.Option(
+        "--filter", help="KEY=VALUE: status=completed, name=GLOB or a config key's value "
+                         "(training.epochs=5). Repeatable (all must hold).",
+        show_default=False)] = None,
+) -> None:
+    """One row per run directory: status, epochs, best and test metrics, what differs."""
+    from bnn_cli.experiments.table import list_runs
+
+    _show(list_runs(folder, sort=sort, filters=filter_ or []), json_)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN...",
+                                               help="Run directories to compare.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] =
+    Path("compare.png"),
+    json_: JsonFlag = False,
+) -> None:
+    """Draw runs' curves on shared axes and print how their resolved configs differ."""
+    from bnn_cli.experiments.compare import compare_runs
+
+    _show(compare_runs(runs, output), json_)
+
+
 def _click_exceptions():
     """Click's exception classes (recent Typer releases vendor Click)."""
     try:

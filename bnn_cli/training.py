@@ -351,7 +351,9 @@ def _plot_curves(job: Job, state: LoopState) -> None:
     from bnn_cli.plots import plot_history
 
     try:
-        plot_history(state.history, job.run.file("curves.png"), title=job.config.name)
+        training = job.config.spec.training
+        plot_history(state.history, job.run.file("curves.png"), title=job.config.name,
+                     monitor=training.monitor, mode=monitor_mode(training, training.monitor))
     except Exception as exc:  # noqa: BLE001 - plotting must not end a training run
         sys.stderr.write(f"warning: could not draw curves.png: {exc}\n")
 
@@ -633,6 +635,8 @@ def train_from_config(config_path: str | Path, overrides: list[str], *,
                          config_path=str(Path(config_path).resolve()),
                          started=time.strftime("%Y-%m-%dT%H:%M:%S"))
         _write_run_files(run, config, overrides, job.model, plugins)
+        from bnn_cli.experiments.hparams import write_hparams
+        write_hparams(run, config, overrides)  # once, for TensorBoard's HParams
 
     run = job.run = RunDir.create(output_root, config.name, fill)  # (locked)
     with _ending_recorded(run):
