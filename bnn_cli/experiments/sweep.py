@@ -75,6 +75,7 @@ class SweepSettings:
     output: Path | None = None
     prune: bool = False
     data_dir: str | None = None
+    pruner: Any = None  # an Optuna pruner in place of --prune's median one (Python callers)
 
 
 @dataclass
@@ -143,6 +144,11 @@ class SweepReport:
                           soft_wrap=True, markup=False)
         if self.stopped:
             console.print(self.stopped, soft_wrap=True, markup=False)
+
+
+def _texts(params: dict[str, Any]) -> dict[str, str]:
+    """Optuna's parameter values as the override texts they came from."""
+    return {k: yaml_number(v) if isinstance(v, float) else str(v) for k, v in params.items()}
 
 
 def _finite(value: Any) -> bool:
@@ -234,8 +240,10 @@ def _open_study(settings: SweepSettings, space: Space, folder: Path, mode: str,
     optuna = _optuna()
     name = settings.study or folder.name
     storage = settings.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) \
-        if settings.prune else optuna.pruners.NopPruner()
+    pruner = settings.pruner or optuna.pruners.MedianPruner(n_startup_trials=2,
+                                                            n_warmup_steps=1)
+    if not settings.prune:
+        pruner = optuna.pruners.NopPruner()
     try:
         study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
                                     direction="maximize" if mode == "max" else "minimize",
@@ -621,8 +629,7 @@ def _drive(runner: _Runner, settings: SweepSettings, total: int) -> str | None:
     optuna = _optuna()
     study = runner.study
     for frozen in runner.abandoned():
-        point = frozen.user_attrs.get("point") or {
-            k: yaml_number(v) if isinstance(v, float) else str(v) for k, v in frozen.params.items()}
+        point = frozen.user_attrs.get("point") or _texts(frozen.params)
         trial = _Trial(frozen.number, frozen._trial_id, dict(point),
                        reported=set(frozen.intermediate_values))
         study._storage.set_trial_user_attr(trial.trial_id, "owner", _owner())
@@ -700,7 +707,8 @@ def collect(study: Any, folder: Path, keys: list[str], monitor: str, mode: str,
         value = t.value if t.value is not None else (status.get("best") or {}).get(monitor)
         rows.append({"trial": t.number + 1, "optuna_number": t.number,
                      "state": STATE_NAMES.get(t.state.name, t.state.name.lower()),
-                     "params": dict(t.params), "value": value,
+                     "params": dict(t.user_attrs.get("point") or _texts(t.params)),
+                     "value": value,
                      "best_epoch": (status.get("best") or {}).get("epoch"),
                      "test": test, "epochs": status.get("epochs_done"),
                      "wall_time": status.get("wall_time"), "run_dir": run_dir,

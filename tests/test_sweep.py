@@ -1,0 +1,272 @@
+"""bnn sweep: grids and sampled searches of the quickstart on the embedded digits, each
+trial an ordinary run directory; resumable; clean errors for bad arguments."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import QUICKSTART
+
+from bnn_cli.cli import main
+from bnn_cli.experiments import space as spacemod
+from bnn_cli.experiments import sweep as sweepmod
+from bnn_cli.runs import RunDir, lock_holder
+
+PNG = b"\x89PNG\r\n\x1a\n"
+FIXED = ["training.epochs=1", "training.steps_per_epoch=2", "training.batch_size=16"]
+LR = "training.learning_rate.initial"
+
+
+def _sweep(folder: Path, *args: str) -> int:
+    return main(["sweep", str(QUICKSTART), *args, *FIXED, "--output", str(folder)])
+
+
+def _results(folder: Path) -> list[dict[str, str]]:
+    with (folder / "results.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _trial_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in (folder / "trials").iterdir()
+                  if p.is_dir() and not p.name.startswith("."))
+
+
+def _study(folder: Path):
+    import optuna
+
+    return optuna.load_study(study_name=folder.name,
+                             storage=f"sqlite:///{(folder / 'study.db').resolve()}")
+
+
+def test_grid_of_two_values_makes_two_runs_and_a_table_naming_both(tmp_path, capsys):
+    folder = tmp_path / "sweep"
+    assert _sweep(folder, f"{LR}=0.001,0.01") == 0
+    out, err = capsys.readouterr()
+    runs = _trial_dirs(folder)
+    assert len(runs) == 2
+    assert all(RunDir(r).read_status()["status"] == "completed" for r in runs)
+    rows = _results(folder)
+    assert sorted(r[LR] for r in rows) == ["0.001", "0.01"]
+    assert {r["state"] for r in rows} == {"completed"}
+    assert sorted(Path(r["run_dir"]).name for r in rows) == [r.name for r in runs]
+    assert all(float(r["best_val_accuracy"]) > 0 and r["test_accuracy"] for r in rows)
+    # Each run directory is an ordinary run, trained with its trial's override.
+    for row in rows:
+        overrides = json.loads((Path(row["run_dir"]) / "overrides.json").read_text())
+        assert f"{LR}={row[LR]}" in overrides["overrides"]
+    # The printed table names both values and both run directories; progress says which
+    # trial of how many and the best so far.
+    assert "0.001" in out and "0.01" in out and all(r.name[:30] in out for r in runs)
+    assert "trial 2/2" in err and "best so far val_accuracy" in err
+    png = (folder / "results.png").read_bytes()
+    assert png.startswith(PNG) and len(png) > 5000
+    assert [t.state.name for t in _study(folder).trials] == ["COMPLETE", "COMPLETE"]
+
+    # The same command again: every trial is done, nothing runs twice.
+    assert _sweep(folder, f"{LR}=0.001,0.01") == 0
+    err = capsys.readouterr().err
+    assert len(_trial_dirs(folder)) == 2 and "epoch 1:" not in err
+    assert len(_study(folder).trials) == 2
+
+
+@pytest.mark.slow
+def test_random_search_with_a_seed_is_reproducible(tmp_path, capsys):
+    args = [f"{LR}=loguniform(1e-3,1e-2)", "model.layers[0].filters=choice(16,32)"]
+    folder = tmp_path / "random"
+    assert main(["sweep", str(QUICKSTART), *args, "training.epochs=1",
+                 "training.steps_per_epoch=2", "training.batch_size=16", "--search", "random",
+                 "--trials", "2", "--seed", "7", "--output", str(folder), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    got = [t["params"] for t in report["trials"]]
+    assert len(got) == 2 and got[0] != got[1]
+    assert all(1e-3 <= float(p[LR]) <= 1e-2 and p["model.layers[0].filters"] in ("16", "32")
+               for p in got)
+    # A fresh study with the same seed samples the same trials (trial by trial, so a
+    # resumed sweep too).
+    import optuna
+
+    space = spacemod.parse_space(args, "random")
+    settings = sweepmod.SweepSettings(QUICKSTART, args, search="random", trials=2, seed=7)
+    study = optuna.create_study(direction="maximize")
+    again = []
+    for i in range(2):
+        study.sampler = sweepmod._sampler(settings, space, i)
+        trial = study.ask()
+        again.append({p.key: p.suggest(trial, "random") for p in space.params})
+        study.tell(trial, 0.5)
+    assert again == got
+    # Each run directory got its trial's values.
+    for trial in report["trials"]:
+        resolved = (Path(trial["run_dir"]) / "config.resolved.yaml").read_text()
+        assert f"filters: {trial['params']['model.layers[0].filters']}" in resolved
+
+
+@pytest.mark.slow
+def test_a_failed_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path, capsys):
+    # Pixels divided by 1e-38 overflow: that trial's loss is NaN at once.
+    values = ("[{type: rescale, range: [-1, 1]}],"
+              "[{type: normalize, mean: [0.0], std: [1.0e-38]}]")
+    folder = tmp_path / "nan"
+    assert _sweep(folder, f"data.preprocessing={values}") == 0  # (one trial completed)
+    rows = {r["state"]: r for r in _results(folder)}
+    assert set(rows) == {"completed", "failed"}
+    assert "non-finite loss" in rows["failed"]["reason"]
+    assert "non-finite loss" in capsys.readouterr().out  # (the table's notes)
+    states = sorted(t.state.name for t in _study(folder).trials)
+    assert states == ["COMPLETE", "FAIL"]
+
+
+@pytest.mark.slow
+def test_pruned_trials_end_interrupted_and_marked(tmp_path, capsys):
+    import optuna
+
+    from bnn_cli.experiments.table import list_runs
+
+    folder = tmp_path / "pruned"
+    # No val_accuracy exceeds 1.01: every trial is pruned at its first report.
+    settings = sweepmod.SweepSettings(
+        QUICKSTART, [f"{LR}=0.001,0.01", "training.epochs=10", "training.steps_per_epoch=3",
+                     "training.batch_size=16"], output=folder, prune=True,
+        pruner=optuna.pruners.ThresholdPruner(lower=1.01))
+    report = sweepmod.run_sweep(settings)
+    assert [r["state"] for r in report.rows] == ["pruned", "pruned"]
+    for row in list_runs(folder).rows:
+        assert row["status"] == "interrupted" and row["pruned"]
+        assert row["epochs_done"] < 10
+        run = RunDir(folder / row["name"])
+        run.load_checkpoint("last")  # (a clean end: a readable checkpoint)
+    assert report.exit_code == 1  # (no trial completed)
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_in_its_second_trial_resumes_it_and_runs_no_trial_twice(tmp_path):
+    folder = tmp_path / "killed"
+    args = [str(QUICKSTART), f"{LR}=0.001,0.003,0.01", "training.epochs=4",
+            "training.steps_per_epoch=3", "training.batch_size=16", "--output", str(folder)]
+    proc = subprocess.Popen([sys.executable, "-m", "bnn_cli.cli", "sweep", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    deadline = time.monotonic() + 240
+    second = None
+    while second is None:
+        assert proc.poll() is None and time.monotonic() < deadline, "sweep ended early"
+        found = list((folder / "trials").glob("*-trial-0002-*/metrics.jsonl")) \
+            if (folder / "trials").is_dir() else []
+        if found and found[0].read_text().strip():
+            second = found[0].parent
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # the sweep only; its trial gets SIGTERM from the kernel
+    proc.wait()
+    while lock_holder(second) is not None:  # (the trial saves a checkpoint and ends)
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    from bnn_cli.experiments.table import list_runs
+
+    statuses = {Path(r["path"]).name: r["status"] for r in list_runs(folder).rows}
+    assert statuses[second.name] == "interrupted"
+    assert sorted(statuses.values()) == ["completed", "interrupted"]
+
+    assert main(["sweep", *args]) == 0
+    runs = _trial_dirs(folder)
+    assert len(runs) == 3  # the interrupted trial was resumed in place, not started over
+    study = _study(folder)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert sorted(t.params[LR] for t in study.trials) == ["0.001", "0.003", "0.01"]
+    rows = [json.loads(x) for x in (second / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    logs = {p.name: p.read_text() for p in (folder / "logs").iterdir()}
+    assert logs["trial-0002.log"].count("\n$ ") == 2 and "--resume" in logs["trial-0002.log"]
+    assert logs["trial-0001.log"].count("\n$ ") == 1  # (trial 1 did not run again)
+    assert logs["trial-0003.log"].count("\n$ ") == 1
+    assert {r["state"] for r in _results(folder)} == {"completed"}
+
+
+BAD = [
+    (f"{LR}=loguniform(1e-2)", "loguniform() takes two numbers"),
+    (f"{LR}=logunifrom(1e-4,1e-2)", "did you mean 'loguniform'"),
+    (f"{LR}=loguniform(1e-2,1e-4)", "needs low < high"),
+    (f"{LR}=loguniform(0,1e-2)", "positive bounds"),
+    ("model.layers[0].filters=range(16,8)", "is empty"),
+    ("model.layers[0].filters=range(8,x)", "takes integers"),
+    ("training.epochs", "is not KEY=VALUES"),
+    ("training.epochs=1,,2", "empty value"),
+    ("training.epochs=1,2,1", "lists 1 twice"),
+    ("model.layers[0].kernel_size=[3,3],[5,5", "is missing"),
+    ("model.layers[x].filters=16,32", "list index 'x' is not a number"),
+    (f"{LR}=uniform(0.001,0.01)", "only --search random or --search tpe"),
+    ("training.batch_size=32", "nothing to sweep"),
+]
+
+
+@pytest.mark.parametrize(("arg", "message"), BAD)
+def test_bad_sweep_arguments_are_one_clean_error(tmp_path, capsys, arg, message):
+    folder = tmp_path / "bad"
+    assert main(["sweep", str(QUICKSTART), arg, "--output", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not folder.exists()
+
+
+def test_bad_options_are_clean_errors(tmp_path, capsys):
+    folder = tmp_path / "bad"
+    for extra, message in ((["--search", "bayes"], "not a search"),
+                           (["--trials", "3"], "--trials is for --search random"),
+                           (["--search", "random", "--trials", "0"], "positive number")):
+        assert main(["sweep", str(QUICKSTART), f"{LR}=0.001,0.01", *extra,
+                     "--output", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not folder.exists()
+
+
+def test_every_grid_point_is_checked_before_anything_is_written(tmp_path, capsys):
+    folder = tmp_path / "unchecked"
+    code = main(["sweep", str(QUICKSTART), "model.defaults.QuantConv2D.kernel_quantizer="
+                 "ste_sign,ste_sgn", "--output", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown quantizer 'ste_sgn'" in err and "did you mean" in err
+    assert "nothing was run or written" in err and "Traceback" not in err
+    assert not folder.exists()
+
+
+def test_another_sweep_in_the_same_study_is_refused(tmp_path, capsys):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    space = spacemod.parse_space([f"{LR}=0.001,0.01"], "grid")
+    settings = sweepmod.SweepSettings(QUICKSTART, [f"{LR}=0.001,0.01"], output=folder)
+    definition = sweepmod._definition(settings, space)
+    sweepmod._open_study(settings, space, folder, "max", definition)
+    other = spacemod.parse_space([f"{LR}=0.001,0.1"], "grid")
+    with pytest.raises(sweepmod.UserError, match="holds another sweep"):
+        sweepmod._open_study(settings, other, folder, "max",
+                             sweepmod._definition(settings, other))
+
+
+def test_the_space_language():
+    space = spacemod.parse_space(
+        ["model.layers[0].kernel_size=[3,3],[5,5]", "training.seed=range(0,7,3)",
+         "training.batch_size=16", "model.layers[0].filters=int(1,3)",
+         "training.optimizer={type: Adam, beta_1: 0.9},{type: SGD}"], "grid")
+    assert space.fixed == ["training.batch_size=16"]
+    grid = space.search_space()
+    assert grid["model.layers[0].kernel_size"] == ["[3,3]", "[5,5]"]
+    assert grid["training.seed"] == ["0", "3", "6"]
+    assert grid["model.layers[0].filters"] == ["1", "2", "3"]
+    assert grid["training.optimizer"] == ["{type: Adam, beta_1: 0.9}", "{type: SGD}"]
+    assert len(space.grid()) == 2 * 3 * 3 * 2
+    # Sampled numbers are written as YAML reads them back as numbers.
+    assert spacemod.yaml_number(1e-05) == "1.0e-05"
+    assert spacemod.yaml_number(0.003) == "0.003"
+    ranges = spacemod.parse_space([f"{LR}=loguniform(1e-4,1e-2)", "training.epochs=int(1,3)",
+                                   "model.layers[0].filters=choice(8,16)"], "tpe")
+    checked = list(spacemod.points_to_check(ranges, "tpe"))
+    assert {p[LR] for p in checked} == {"0.0001", "0.01"}
+    assert {p["model.layers[0].filters"] for p in checked} == {"8", "16"}
