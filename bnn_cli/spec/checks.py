@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnn_cli._keras import keras
-from bnn_cli.errors import UserError, did_you_mean
+from bnn_cli._keras import keras, tf
+from bnn_cli.errors import UserError, did_you_mean, error_text
 from bnn_cli.registry import REGISTRY, Entry, load_builtins, signature_params
 from bnn_cli.spec import stages as staging
 from bnn_cli.spec.graph import Graph, Node, cycles, expand, topological
@@ -81,7 +81,7 @@ class CheckedConfig:
 
 def check(path: str | Path, overrides: Iterable[str] = (), *, plugins: Iterable[str] = (),
           plugin_base: Path | None = None, data_dir: str | None = None,
-          allow_unprepared_data: bool = False) -> CheckedConfig:
+          allow_unprepared_data: bool = False, start_runtime: bool = False) -> CheckedConfig:
     """Read ``path`` with ``overrides`` and check everything it names.
 
     ``plugin_base`` is the folder the config's plugins are relative to (default: the
@@ -90,22 +90,64 @@ def check(path: str | Path, overrides: Iterable[str] = (), *, plugins: Iterable[
     (``bnn check``), a dataset that TFDS knows but that is not prepared here leaves the
     data section unchecked (``data`` None, ``data_unchecked`` says why) instead, where
     the model's input shapes are given: the model needs nothing from the data then.
+
+    With ``start_runtime`` (training), the ``runtime`` section is checked against this
+    machine (the strategy's devices or cluster, the batch size against the replicas) and
+    its strategy started, before anything initializes TensorFlow's runtime (as a
+    multi-worker strategy requires). Other commands read a run's config on any machine.
     """
     load_builtins()
     config = _load(path, list(overrides))
+    runtime = _start_runtime(config) if start_runtime else None
     load_plugins(config, plugins, plugin_base)
-    checked = _check_loaded(config, data_dir, allow_unprepared_data)
+    checked = _check_loaded(config, data_dir, allow_unprepared_data, runtime)
     if config.spec.stages:
         checked.stages = _check_stages(checked, Path(path), list(overrides), data_dir,
-                                       allow_unprepared_data)
+                                       allow_unprepared_data, start_runtime)
     return checked
 
 
-def _check_loaded(config: Config, data_dir: str | None,
-                  allow_unprepared_data: bool) -> CheckedConfig:
-    """Check a loaded config (its plugins imported): model, training, data."""
+def _start_runtime(config: Config) -> list[Problem]:
+    """The runtime section's problems on this machine; without any, its strategy is
+    started (a strategy that fails to start is a config error too)."""
+    from bnn_cli import distribute
+
+    runtime = config.spec.runtime
+    problems = [config.problem(path, message)
+                for path, message in distribute.runtime_problems(runtime)]
+    for i, stage in enumerate(config.spec.stages or []):
+        problems += [config.problem(("stages", i, "set", key), "a stage cannot change the "
+                                    "runtime section: the whole run trains with one "
+                                    "strategy and precision; set runtime at the top level",
+                                    key=True)
+                     for key in stage.set if str(key).split(".")[0] == "runtime"]
+    problems = problems or _runtime_batch_problems(config)  # (the replicas are known)
+    if problems:
+        return problems
+    try:
+        distribute.start(runtime)
+    except (RuntimeError, ValueError, tf.errors.OpError) as exc:
+        return [config.problem(("runtime", "strategy"), f"the {runtime.strategy} strategy "
+                               f"did not start: {error_text(exc)}")]
+    return []
+
+
+def _runtime_batch_problems(config: Config) -> list[Problem]:
+    from bnn_cli import distribute
+
+    message = distribute.batch_problem(config.spec.runtime, config.spec.training.batch_size)
+    return [config.problem(("training", "batch_size"), message)] if message else []
+
+
+def _check_loaded(config: Config, data_dir: str | None, allow_unprepared_data: bool,
+                  runtime: list[Problem] | None = None) -> CheckedConfig:
+    """Check a loaded config (its plugins imported): model, training, data; with
+    ``runtime`` (the runtime section's problems, when it was checked), the batch size
+    against the strategy's replicas too."""
     graph, problems = _graph_problems(config)
     problems += _training_problems(config, graph)
+    if runtime is not None:
+        problems += runtime or _runtime_batch_problems(config)
     ensure_valid(problems)
     from bnn_cli import data
 
@@ -123,7 +165,8 @@ def _check_loaded(config: Config, data_dir: str | None,
 
 
 def _check_stages(base: CheckedConfig, path: Path, overrides: list[str],
-                  data_dir: str | None, allow_unprepared_data: bool) -> list[CheckedStage]:
+                  data_dir: str | None, allow_unprepared_data: bool,
+                  start_runtime: bool = False) -> list[CheckedStage]:
     """Each stage's config checked as a whole config; its teacher resolved and checked."""
     config, specs = base.config, base.spec.stages or []
     names = [s.name for s in specs]
@@ -135,7 +178,7 @@ def _check_stages(base: CheckedConfig, path: Path, overrides: list[str],
     for i, spec in enumerate(specs):
         try:
             checked = _check_loaded(staging.stage_config(path, i, overrides), data_dir,
-                                    allow_unprepared_data)
+                                    allow_unprepared_data, [] if start_runtime else None)
         except ConfigError as exc:
             raise ConfigError([Problem(p.path, f"in stage {spec.name!r}: {p.message}",
                                        p.location) for p in exc.problems]) from None

@@ -1,6 +1,7 @@
 """The config file's schema (pydantic models) and its located validation.
 
-A config has three sections, ``model``, ``data`` and ``training``, plus ``name`` and
+A config has three sections, ``model``, ``data`` and ``training`` (and an optional
+``runtime``: strategy and precision), plus ``name`` and
 ``plugins`` (Python files or modules to import so that custom quantizers and layers they
 register can be named). Validation collects *every* problem in the file and reports each
 with its file, line, column and key path; nothing in a config is ever executed.
@@ -219,6 +220,25 @@ class TrainingConfig(Strict):
     flip_ratio: bool = False  # track the flip ratio of binary kernels
 
 
+# --- runtime section ---------------------------------------------------------------
+
+
+class RuntimeConfig(Strict):
+    """Where and in what precision training runs (see :mod:`bnn_cli.distribute` and
+    :mod:`bnn_cli.precision`). ``training.batch_size`` is the global batch: it is split
+    evenly over the replicas, so it must divide by their number."""
+
+    # default: one device; mirrored: every local GPU (or `devices`); multi_worker_mirrored:
+    # the hosts TF_CONFIG names; tpu: the TPU cores of TPUClusterResolver.
+    strategy: Literal["default", "mirrored", "multi_worker_mirrored", "tpu"] = "default"
+    # mirrored only: the devices to train on ("/gpu:0", ...); "/cpu:N" beyond the CPUs
+    # the machine has splits the CPU into virtual devices (to try a config without GPUs).
+    devices: list[Annotated[str, Field(pattern=r"^/?(device:)?(cpu|gpu|CPU|GPU):\d+$")]] \
+        | None = Field(default=None, min_length=1)
+    # Keras mixed precision: layers compute in float16/bfloat16, variables stay float32.
+    mixed_precision: Literal["mixed_float16", "mixed_bfloat16"] | None = None
+
+
 class AttentionPair(Strict):
     """Attention transfer between a student layer and a teacher layer of the same
     spatial size (Zagoruyko & Komodakis, 2017; Real-to-Binary's stages)."""
@@ -260,6 +280,7 @@ class ConfigFile(Strict):
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     stages: list[Stage] | None = Field(default=None, min_length=1)
 
 
