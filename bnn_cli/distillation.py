@@ -93,9 +93,11 @@ class Distiller(keras.Model):
             total = (spec.label_weight * label + spec.kd_weight * soft
                      + spec.attention_weight * attention + tf.add_n(self.student.losses
                                                                     or [0.0]))
-        variables = self.student.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables,
-                                           strict=True))
+            # Under a tf.distribute strategy each replica's gradients are summed: its
+            # share of the loss is its mean over the replicas (as Keras's compiled loss).
+            share = total / tf.distribute.get_strategy().num_replicas_in_sync
+        # (minimize: a loss-scale optimizer, under mixed_float16, scales it first)
+        self.optimizer.minimize(share, self.student.trainable_variables, tape=tape)
         self.loss_mean.update_state(total)
         for name, value in zip(TERMS, (label, soft, attention), strict=True):
             self.terms[name].update_state(value)
@@ -122,7 +124,9 @@ class Distiller(keras.Model):
 def _taps(model: keras.Model, x: Any, *, training: bool) -> list[tf.Tensor]:
     """Logits, then the attention layers' outputs (a model of one output gives a tensor)."""
     outputs = model(x, training=training)
-    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    # (the losses in float32 whatever the models compute in: runtime.mixed_precision)
+    return [tf.cast(o, tf.float32) for o in outputs]
 
 
 def _output(model: keras.Model, name: str) -> tf.Tensor:

@@ -141,7 +141,11 @@ class QuantizerMixin:
             for arg, attr in self._quantized_weights:
                 quantizer = getattr(self, arg)
                 if quantizer is not None:
-                    stack.enter_context(_swapped(self, attr, quantizer(getattr(self, attr))))
+                    # The variable's value as a tensor: under a mixed-precision policy the
+                    # variable is Keras's AutoCastVariable (read in the compute type),
+                    # which a quantizer's tf.custom_gradient must not receive as such.
+                    value = tf.convert_to_tensor(getattr(self, attr))
+                    stack.enter_context(_swapped(self, attr, quantizer(value)))
             return super().call(inputs)
 
     def quantized_weights(self) -> dict[str, tf.Tensor]:
