@@ -1,0 +1,141 @@
+"""Mixed precision (runtime.mixed_precision): quantizers against float32, float32 latent
+weights and outputs, loss scaling with Bop and the case optimizer, exact resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import QUICKSTART, TINY, train_tiny
+
+from bnn_cli import precision, quantizers
+from bnn_cli._keras import keras, tf
+from bnn_cli.registry import REGISTRY, load_builtins
+
+POLICIES = {"mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
+EPS = {tf.float16: 2.0 ** -10, tf.bfloat16: 2.0 ** -7}  # each type's relative step
+# Quantizers whose values come from a fixed set: exactly the float32 values.
+EXACT = {"ste_sign": {-1, 1}, "approx_sign": {-1, 1}, "swish_sign": {-1, 1},
+         "ste_heaviside": {0, 1}, "ste_tern": {-1, 0, 1}, "dorefa_quantizer": None}
+# Values scaled by a mean of the input (computed in the low type): within its precision.
+SCALED = ["magnitude_aware_sign", "magnitude_aware_sign_unclipped", "xnor_weight_scale"]
+
+load_builtins()
+
+
+def _values_and_gradients(name: str, x: tf.Tensor, policy: str | None):
+    with precision.policy(policy):
+        quantizer = quantizers.get(name)  # (a Keras layer: its compute type is the policy's)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = quantizer(x)
+    return y, tape.gradient(y, x)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("name", [*EXACT, *SCALED])
+def test_quantizers_match_float32(policy, name):
+    """The same inputs (representable in the low type) through the quantizer in the low
+    type and in float32: sign-like values identical and exactly ±1 (0/1, -1/0/1),
+    DoReFa's levels the float32 levels rounded to the type, pseudo-gradients equal
+    within the type's precision."""
+    assert name in REGISTRY.names("quantizer")
+    low = POLICIES[policy]
+    rng = np.random.default_rng(0)
+    x = tf.cast(rng.uniform(-2.5, 2.5, (4, 3, 3, 16)).astype(np.float32), low)
+    y_low, g_low = _values_and_gradients(name, x, policy)
+    y_ref, g_ref = _values_and_gradients(name, tf.cast(x, tf.float32), None)
+    assert y_low.dtype == low and g_low.dtype == low
+    y_low, g_low = (tf.cast(t, tf.float32).numpy() for t in (y_low, g_low))
+    y_ref, g_ref = y_ref.numpy(), g_ref.numpy()
+    if name in EXACT:
+        expected = tf.cast(tf.cast(y_ref, low), tf.float32).numpy()
+        np.testing.assert_array_equal(y_low, expected)
+        if EXACT[name] is not None:
+            assert set(np.unique(y_low)) <= EXACT[name]
+    else:
+        np.testing.assert_allclose(y_low, y_ref, rtol=2 * EPS[low])
+    tolerance = 4 * EPS[low] * max(1.0, float(np.abs(g_ref).max()))
+    np.testing.assert_allclose(g_low, g_ref, atol=tolerance, rtol=0)
+
+
+def _model(policy: str | None) -> keras.Model:
+    from bnn_cli.spec.checks import check
+
+    return precision.build_model(check(QUICKSTART, []), policy)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_latent_weights_stay_float32_and_the_output_is_float32(policy):
+    model = _model(policy)
+    assert keras.mixed_precision.global_policy().name == "float32"  # (restored)
+    assert {v.dtype for v in model.variables} == {tf.float32}
+    assert model.layers[-1].dtype_policy.name == "float32"  # the final softmax
+    assert model.output.dtype == tf.float32
+    conv = next(layer for layer in model.layers if layer.name.startswith("quant_conv2d_1"))
+    assert conv.dtype_policy.name == policy and conv.output.dtype == POLICIES[policy]
+    # The binary kernel the layer computes with: exactly ±1 in the low type.
+    kernel = conv.kernel_quantizer(tf.cast(conv.kernel, POLICIES[policy]))
+    assert kernel.dtype == POLICIES[policy]
+    assert set(np.unique(tf.cast(kernel, tf.float32).numpy())) == {-1.0, 1.0}
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)
+    probs = model(x, training=True).numpy()  # (batch norm on batch statistics)
+    assert np.isfinite(probs).all() and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+CASE_BOP = "training.optimizer={type: case, binary: {type: Bop}, default: {type: Adam}}"
+
+
+def _checkpoint_variables(run) -> dict[str, np.ndarray]:
+    from bnn_cli.runs import RunDir
+
+    reader = tf.train.load_checkpoint(RunDir(run).load_checkpoint("last").prefix)
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
+            if not n.startswith("_CHECKPOINTABLE")}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_bnn_trains_in_mixed_precision(tmp_path, policy):
+    """The quickstart (batch norm after every layer) trains with Bop and Adam through
+    the case optimizer; mixed_float16 scales the loss, and the loss scale is saved."""
+    run = train_tiny(tmp_path, f"runtime.mixed_precision={policy}", CASE_BOP)
+    status = json.loads((run / "run.json").read_text())
+    assert status["runtime"]["mixed_precision"] == policy
+    assert all(np.isfinite(v) for v in status["final"].values() if isinstance(v, float))
+    variables = _checkpoint_variables(run)
+    floats = {n: v for n, v in variables.items() if v.dtype.kind == "f"}
+    assert {v.dtype for v in floats.values()} == {np.dtype("float32")}
+    assert all(np.isfinite(v).all() for v in floats.values())
+    scaled = [n for n in variables if "loss_scale" in n]
+    assert bool(scaled) == (policy == "mixed_float16"), scaled
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.slow
+def test_mixed_float16_resumes_exactly(tmp_path):
+    """Killed after epoch 1 (simulated) and resumed, a mixed_float16 run with Bop ends
+    with the uninterrupted run's metrics: the loss scale is restored with the optimizer."""
+    from bnn_cli.cli import main
+
+    extra = ["runtime.mixed_precision=mixed_float16", CASE_BOP, "training.epochs=2"]
+    whole = train_tiny(tmp_path / "a", *extra)
+    run = tmp_path / "b" / whole.name
+    shutil.copytree(whole, run)
+    shutil.rmtree(run / "checkpoints" / "epoch-0002")
+    (run / "checkpoints" / "last.json").write_text('{"checkpoint": "epoch-0001"}')
+    (run / "model.keras").unlink()
+    status = json.loads((run / "run.json").read_text())
+    del status["test"]
+    (run / "run.json").write_text(json.dumps({**status, "status": "interrupted",
+                                              "epochs_done": 1}))
+    assert main(["train", "--resume", str(run)]) == 0
+    a, b = (json.loads((r / "run.json").read_text()) for r in (whole, run))
+    assert b["status"] == "completed"
+    for key, value in a["final"].items():
+        if key != "seconds":
+            assert b["final"][key] == pytest.approx(value, rel=1e-6), key
+    for name, value in _checkpoint_variables(whole).items():
+        np.testing.assert_array_equal(_checkpoint_variables(run)[name], value, err_msg=name)
+    assert TINY  # (the tiny quickstart: a few steps of batch 16)
