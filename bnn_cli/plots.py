@@ -213,8 +213,9 @@ def plot_sweep(rows: list[dict[str, Any]], axes_spec: list[dict[str, Any]], moni
         if best is not None:
             ax.plot([x_of(best)], [best["value"]], "*", color="tab:red", markersize=15,
                     label=f"best (trial {best['trial']})")
-        if spec.get("log"):
-            ax.set_xscale("log")
+        xs = [x_of(r) for r in scored if key in r["params"]] if spec["numeric"] else []
+        if spec.get("log") or (xs and min(xs) > 0 and max(xs) / min(xs) >= 10):
+            ax.set_xscale("log")  # (loguniform, or listed values over decades)
         ax.set_xlabel(key)
         ax.set_ylabel(f"best {monitor}")
         ax.grid(alpha=0.3)
