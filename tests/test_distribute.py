@@ -299,6 +299,21 @@ def test_mirrored_on_two_virtual_cpus(one_process, tmp_path):
 
 
 @pytest.mark.slow
+def test_synchronized_batch_norm_on_two_replicas_equals_one(tmp_path):
+    """With batch normalization on the global batch's statistics (Keras's
+    ``synchronized``), the quickstart trains on two replicas as on one."""
+    from conftest import QUICKSTART, TINY
+
+    config = _config(tmp_path, f"extends: {QUICKSTART}\n"
+                     "model: {defaults: {BatchNormalization: {synchronized: true}}}\n")
+    args = [str(config), *TINY, "training.epochs=2"]
+    _wait([_bnn([*args, "--output", str(tmp_path / "one")])])  # (prepares the digits)
+    _wait([_bnn([*args, "--output", str(tmp_path / "two"), "runtime.strategy=mirrored",
+                 "runtime.devices=[/cpu:0, /cpu:1]"])])
+    _assert_same(_only_run(tmp_path / "one"), _only_run(tmp_path / "two"))
+
+
+@pytest.mark.slow
 def test_resume_after_a_worker_was_killed(tmp_path):
     """Kill -9 one worker after the first epoch, stop the job, restart both workers
     with --resume: the run ends as an uninterrupted one-process run ends."""
