@@ -205,7 +205,9 @@ def plot_sweep(rows: list[dict[str, Any]], axes_spec: list[dict[str, Any]], moni
                 return order.index(str(row["params"][key]))
             ax.set_xticks(range(len(order)), order, rotation=20, fontsize=8)
         for state, style in (("completed", {"color": "tab:blue"}),
-                             ("pruned", {"facecolors": "none", "edgecolors": "tab:gray"})):
+                             ("pruned", {"facecolors": "none", "edgecolors": "tab:gray"}),
+                             ("interrupted", {"facecolors": "none",
+                                              "edgecolors": "tab:orange"})):
             some = [r for r in scored if r["state"] == state and key in r["params"]]
             if some:
                 ax.scatter([x_of(r) for r in some], [r["value"] for r in some], s=40,
@@ -219,7 +221,8 @@ def plot_sweep(rows: list[dict[str, Any]], axes_spec: list[dict[str, Any]], moni
         ax.set_xlabel(key)
         ax.set_ylabel(f"best {monitor}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(f"{title}: {len(rows)} trials, {monitor} ({mode})"
                  + (f", {failed} failed (not drawn)" if failed else ""), fontsize=10)
     fig.tight_layout()

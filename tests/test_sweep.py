@@ -270,3 +270,35 @@ def test_the_space_language():
     checked = list(spacemod.points_to_check(ranges, "tpe"))
     assert {p[LR] for p in checked} == {"0.0001", "0.01"}
     assert {p["model.layers[0].filters"] for p in checked} == {"8", "16"}
+
+
+@pytest.mark.parametrize("search", ["random", "tpe"])
+def test_samplers_give_override_texts_in_range_reproducibly(search):
+    import optuna
+    import yaml
+
+    args = [f"{LR}=loguniform(1e-4,1e-2)", "training.epochs=int(1,3)",
+            "model.layers[0].filters=range(16,65,16)", "training.seed=choice(0,1)",
+            "training.batch_size=uniform(8,9)"]
+    space = spacemod.parse_space(args, search)
+    settings = sweepmod.SweepSettings(QUICKSTART, args, search=search, trials=4, seed=3)
+
+    def sample() -> list[dict[str, str]]:
+        study = optuna.create_study(direction="maximize")
+        points = []
+        for i in range(4):
+            study.sampler = sweepmod._sampler(settings, space, i)
+            trial = study.ask()
+            points.append({p.key: p.suggest(trial, search) for p in space.params})
+            study.tell(trial, float(i))
+        return points
+
+    points = sample()
+    assert points == sample()
+    for point in points:
+        values = {k: yaml.safe_load(v) for k, v in point.items()}  # (YAML reads numbers)
+        assert 1e-4 <= values[LR] <= 1e-2 and isinstance(values[LR], float)
+        assert values["training.epochs"] in (1, 2, 3)
+        assert values["model.layers[0].filters"] in (16, 32, 48, 64)
+        assert values["training.seed"] in (0, 1)
+        assert 8 <= values["training.batch_size"] <= 9

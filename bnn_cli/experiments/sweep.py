@@ -705,8 +705,10 @@ def collect(study: Any, folder: Path, keys: list[str], monitor: str, mode: str,
         test = ((status.get("test") or {}).get("metrics") or {}) if status else {}
         metrics += [m for m in test if m not in metrics and not m.startswith("flip_ratio")]
         value = t.value if t.value is not None else (status.get("best") or {}).get(monitor)
-        rows.append({"trial": t.number + 1, "optuna_number": t.number,
-                     "state": STATE_NAMES.get(t.state.name, t.state.name.lower()),
+        state = STATE_NAMES.get(t.state.name, t.state.name.lower())
+        if state == "running" and status.get("status") in ("interrupted", "failed"):
+            state = "interrupted"  # (its sweep was stopped: the next one resumes it)
+        rows.append({"trial": t.number + 1, "optuna_number": t.number, "state": state,
                      "params": dict(t.user_attrs.get("point") or _texts(t.params)),
                      "value": value,
                      "best_epoch": (status.get("best") or {}).get("epoch"),
