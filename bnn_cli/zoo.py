@@ -1,5 +1,5 @@
-r"""Components of the Larq zoo architectures (``configs/zoo/``) that no Keras layer or
-YAML block can express.
+r"""Components of published BNN architectures (the Larq zoo's in ``configs/zoo/``, and
+ReActNet's) that no Keras layer or YAML block can express.
 
 Everything else those networks need is written in their configs as YAML blocks (QuickNet's
 residual and transition blocks, MeliusNet's dense and improvement blocks,
@@ -9,7 +9,10 @@ Real-to-Binary's data-driven scaling) or is a quantizer in :mod:`bnn_cli.quantiz
 - :class:`BlurPool`: the fixed anti-aliasing filter of QuickNet's transition blocks, as
   the initializer of a non-trainable ``DepthwiseConv2D``;
 - :class:`AddToLastChannels`: MeliusNet's improvement merge, ``x + [0, ..., 0, w]``
-  (the zoo writes it as a ``Lambda``, which a config may not name).
+  (the zoo writes it as a ``Lambda``, which a config may not name);
+- :class:`LearnableBias`: ReActNet's learned per-channel shift, which makes RSign
+  (``sign(x - b)``) and RPReLU (``PReLU(x - g) + z``) out of Keras's ``PReLU`` and a
+  quantizer.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from bnn_cli._keras import keras, tf
 from bnn_cli.layers import register_layer
 from bnn_cli.registry import register
 
-__all__ = ["AddToLastChannels", "BlurPool"]
+__all__ = ["AddToLastChannels", "BlurPool", "LearnableBias"]
 
 _BINOMIAL = {2: (1, 1), 3: (1, 2, 1), 5: (1, 4, 6, 4, 1)}
 """Rows of Pascal's triangle: the 1D blur filters of each supported size."""
@@ -83,5 +86,39 @@ class AddToLastChannels(keras.layers.Layer):
         return input_shape[0]
 
 
+class LearnableBias(keras.layers.Layer):
+    r"""Add a learned bias to each channel: ``y[..., c] = x[..., c] + b[c]``.
+
+    ReActNet (Liu et al., arXiv:2003.03488) moves each channel's distribution before
+    the places where its shape matters: before a binary convolution's sign, so that the
+    threshold is learned (RSign, ``sign(x + b)``), and around a ``PReLU`` (RPReLU,
+    ``PReLU(x + b1) + b2``), so that the bend is learned too. Cheap: one add per value,
+    ``C`` weights (``bias_initializer``, zeros by default: an identity at the start).
+    """
+
+    def __init__(self, bias_initializer: Any = "zeros", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def build(self, input_shape: Any) -> None:
+        channels = tf.TensorShape(input_shape)[-1]
+        if channels is None:
+            raise ValueError("LearnableBias needs a known number of channels (last axis)")
+        self.bias = self.add_weight("bias", shape=(int(channels),),
+                                    initializer=self.bias_initializer, trainable=True)
+        super().build(input_shape)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return inputs + tf.cast(self.bias, inputs.dtype)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer)}
+
+
 register("initializer", BlurPool, aliases=("blurpool",))
 register_layer(AddToLastChannels)  # (registry.register, with its Keras arguments)
+register_layer(LearnableBias)

@@ -255,10 +255,34 @@ def test_add_to_last_channels():
         zoo.AddToLastChannels()([tf.constant(w), tf.constant(x)])
 
 
+def test_learnable_bias_shifts_each_channel_and_learns(tmp_path):
+    from bnn_cli._keras import keras
+
+    x = np.random.default_rng(0).normal(size=(4, 3, 3, 5)).astype("float32")
+    layer = zoo.LearnableBias()
+    np.testing.assert_array_equal(layer(x).numpy(), x)  # zeros at the start: identity
+    layer.bias.assign(np.arange(5, dtype="float32"))
+    np.testing.assert_array_equal(layer(x).numpy(), x + np.arange(5, dtype="float32"))
+    # One bias per channel, trained by the gradient of whatever follows.
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x) * np.arange(5, dtype="float32"))
+    np.testing.assert_allclose(tape.gradient(loss, layer.bias).numpy(),
+                               4 * 3 * 3 * np.arange(5))
+    # Saved and loaded by name, with its initializer.
+    model = keras.Sequential([keras.Input((3, 3, 5)),
+                              zoo.LearnableBias(bias_initializer="ones")])
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(again(x).numpy(), x + 1)
+    with pytest.raises(ValueError, match="known number of channels"):
+        zoo.LearnableBias().build(tf.TensorShape([None, None]))
+
+
 def test_zoo_components_are_registered():
     from bnn_cli.registry import REGISTRY
 
     assert REGISTRY.find("layer", "AddToLastChannels").obj is zoo.AddToLastChannels
+    assert REGISTRY.find("layer", "LearnableBias").obj is zoo.LearnableBias
     assert REGISTRY.find("initializer", "blurpool").obj is zoo.BlurPool
     for name in ("xnor_weight_scale", "magnitude_aware_sign_unclipped"):
         assert REGISTRY.find("quantizer", name).precision == 1
