@@ -115,18 +115,36 @@ def load_split(
     """
     builder = _open_builder(data, data_dir)
     depth = _one_hot_depth(builder, data)
-    ds = _examples(builder, data, split, training)
-    if training and data.shuffle_buffer:
-        ds = ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
+    arrays = _in_memory(builder, data, split, training)
+    partial = training and 0 < data.shuffle_buffer < (0 if arrays is None else len(arrays[1]))
+    if arrays is not None and not partial:
+        # Whole batches gathered from one tensor: no per-example work at all.
+        ds = _batches_of(arrays, batch_size, shuffle=training and data.shuffle_buffer > 0,
+                         seed=seed)
+    else:
+        ds = _examples(builder, data, split, training)
+        if training and data.shuffle_buffer:
+            ds = ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
     if training and data.augmentation:
         ds = _augment(ds, data, seed)
     if depth is not None:
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, depth)), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    # How a tf.distribute strategy shards it: by data, each global batch divided among
+    # the workers (bnn_cli.distribute.dataset_options says why); unused on one worker.
+    from bnn_cli.distribute import dataset_options
+
+    return ds.prefetch(AUTOTUNE).with_options(dataset_options())
 
 
 _EXAMPLES: dict[tuple, tf.data.Dataset] = {}
+
+
+def _cache_key(builder: tfds.core.DatasetBuilder, data: schema.DataConfig, split: str,
+               training: bool) -> tuple:
+    return (builder.info.full_name, str(builder.data_dir), split, training,
+            data.model_dump_json(include={"input_key", "label_key", "preprocessing",
+                                          "augmentation", "cache"}))
 
 
 def _examples(builder: tfds.core.DatasetBuilder, data: schema.DataConfig, split: str,
@@ -136,9 +154,7 @@ def _examples(builder: tfds.core.DatasetBuilder, data: schema.DataConfig, split:
     Files are read in their stored order (not shuffled): the cache's content, and so
     every later seeded shuffle, must not depend on which epoch first filled it.
     """
-    key = (builder.info.full_name, str(builder.data_dir), split, training,
-           data.model_dump_json(include={"input_key", "label_key", "preprocessing",
-                                         "augmentation", "cache"}))
+    key = _cache_key(builder, data, split, training)
     if key not in _EXAMPLES:
         _split_size(builder.info.splits, split, builder.info.full_name)
         _model_input_shape(builder.info.features[data.input_key].shape, data)  # crops fit
@@ -154,6 +170,52 @@ def _examples(builder: tfds.core.DatasetBuilder, data: schema.DataConfig, split:
             _fill(ds, f"{builder.info.full_name} {split}")
         _EXAMPLES[key] = ds
     return _EXAMPLES[key]
+
+
+_ARRAYS: dict[tuple, tuple[tf.Tensor, tf.Tensor]] = {}
+
+IN_MEMORY_BYTES = 2**31
+"""The largest cached split held as one tensor (MNIST's training images take 188 MB)."""
+
+
+def _in_memory(builder: tfds.core.DatasetBuilder, data: schema.DataConfig, split: str,
+               training: bool) -> tuple[tf.Tensor, tf.Tensor] | None:
+    """A cached split's preprocessed examples as two tensors (inputs, labels), or None
+    where the split is not cached, its examples differ in shape, or it is too large."""
+    if not data.cache:
+        return None
+    ds = _examples(builder, data, split, training)
+    key = _cache_key(builder, data, split, training)
+    if key not in _ARRAYS:
+        spec = ds.element_spec[0]
+        count = _split_size(builder.info.splits, split, builder.info.full_name)
+        if not spec.shape.is_fully_defined() or \
+                count * spec.shape.num_elements() * spec.dtype.size > IN_MEMORY_BYTES:
+            _ARRAYS[key] = None
+        else:
+            _ARRAYS[key] = next(iter(ds.batch(max(count, 1))))
+    return _ARRAYS[key]
+
+
+def _batches_of(arrays: tuple[tf.Tensor, tf.Tensor], batch_size: int, *, shuffle: bool,
+                seed: int | None) -> tf.data.Dataset:
+    """Batches of ``arrays`` in their order, or shuffled as Keras shuffles NumPy arrays:
+    one permutation of the indices per pass, each batch one gather. The permutation of
+    each pass is drawn from ``seed`` (a resumed epoch gets the same order), and is new
+    on each further pass over the dataset, like ``shuffle(reshuffle_each_iteration)``."""
+    images, labels = arrays
+    count = tf.shape(labels, out_type=tf.int64)[0]
+    order = tf.data.Dataset.range(count)
+    if shuffle:
+        def permutation(draw: tf.Tensor) -> tf.data.Dataset:
+            pair = tf.stack([draw, tf.constant(0, tf.int64)])
+            return tf.data.Dataset.from_tensor_slices(
+                tf.random.experimental.stateless_shuffle(tf.range(count), seed=pair))
+
+        order = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True) \
+            .take(1).flat_map(permutation)
+    return order.batch(batch_size).map(
+        lambda i: (tf.gather(images, i), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE)
 
 
 def _fill(cached: tf.data.Dataset, what: str) -> None:

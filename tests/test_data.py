@@ -166,6 +166,16 @@ def test_reshuffles_each_epoch(digits_dir: str) -> None:
     assert not np.array_equal(first, second)
 
 
+def test_partial_shuffle_buffer_is_honoured(digits_dir: str) -> None:
+    # A buffer smaller than the split keeps tf.data's windowed shuffle: the first example
+    # out is one of the first `buffer` in (a full shuffle would pick from all 1438).
+    ordered = _arrays(_load(DataConfig(), "train", digits_dir))[0].reshape(1438, -1).sum(1)
+    for seed in range(5):
+        near = _order(seed, digits_dir, DataConfig(shuffle_buffer=10))
+        assert sorted(near) == sorted(ordered)
+        assert near[0] in ordered[:10]
+
+
 def test_no_shuffle_keeps_order(digits_dir: str) -> None:
     cfg = DataConfig(shuffle_buffer=0)
     ordered = _arrays(_load(DataConfig(), "train", digits_dir))[1]
