@@ -331,22 +331,34 @@ def _alive(owner: dict[str, Any]) -> bool:
 
 
 class _Signals:
-    """SIGINT/SIGTERM to the sweep: passed on to the running trial once; the sweep then
-    stops after it (the trial stays RUNNING in the study, to be resumed)."""
+    """SIGINT/SIGTERM to the sweep: passed on to the running trial (which saves a
+    checkpoint and ends interrupted; a second signal stops it at once, as ``bnn train``);
+    the sweep then stops (the trial stays RUNNING in the study, to be resumed)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
         self.child: subprocess.Popen | None = None
+        self.told: subprocess.Popen | None = None  # the child the signal was passed to
 
     def handler(self, signum, frame) -> None:
         first = self.received is None
         self.received = signum
-        if self.child is not None and self.child.poll() is None:
-            with contextlib.suppress(OSError):
-                self.child.send_signal(signum)
+        if not first and self.told is self.child:  # a second one: the trial stops at once
+            self.told = None
+        self.pass_on()
         if first:
             _say(f"\n{signal.Signals(signum).name}: stopping the trial (it saves a "
                  "checkpoint); run the same command again to resume the sweep")
+
+    def pass_on(self) -> None:
+        """Give the running trial the signal received, once (the poll loop calls this
+        too, for a signal that came while the trial was starting)."""
+        child = self.child
+        if self.received is not None and child is not None and self.told is not child \
+                and child.poll() is None:
+            self.told = child
+            with contextlib.suppress(OSError):
+                child.send_signal(self.received)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Signals]:
@@ -401,8 +413,8 @@ class _Runner:
                 continue  # another host's: it resumes its own
             if not owner and time.time() - t.datetime_start.timestamp() < 60:
                 continue  # (asked a moment ago by a process that is about to say so)
-            if owner and _alive(owner):
-                continue
+            if owner and _alive(owner) and owner.get("pid") != os.getpid():
+                continue  # (this process runs one sweep at a time: its own are over)
             out.append(t)
         return out
 
@@ -450,6 +462,7 @@ class _Runner:
             self.signals.child = child
             try:
                 while True:
+                    self.signals.pass_on()  # (a signal that came just before Popen)
                     code = child.poll()
                     epoch = self.report_epochs(trial, handle)
                     if code is not None:
@@ -629,6 +642,8 @@ def _drive(runner: _Runner, settings: SweepSettings, total: int) -> str | None:
     optuna = _optuna()
     study = runner.study
     for frozen in runner.abandoned():
+        if runner.signals.received is not None:
+            return "the sweep was interrupted; run the same command again to resume it"
         point = frozen.user_attrs.get("point") or _texts(frozen.params)
         trial = _Trial(frozen.number, frozen._trial_id, dict(point),
                        reported=set(frozen.intermediate_values))
