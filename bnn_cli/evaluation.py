@@ -162,7 +162,7 @@ def load_target(target: str | Path, *, checkpoint: str = "best", data_dir: str |
     if kind == "model":
         # Fail closed: a file that names code is refused, though only its weights are read.
         vet_model_file(target)
-    job = prepare(checked, run or RunDir(target.parent))
+    job = prepare(checked, run or RunDir(target.parent), for_training=False)
     run_config = checked.config if config is None else None
     if kind == "model":
         read_weights(job.model, target)

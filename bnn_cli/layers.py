@@ -151,7 +151,7 @@ class QuantizerMixin:
     def quantized_weights(self) -> dict[str, tf.Tensor]:
         """Each quantized variable's quantized value (e.g. the +-1 kernel) by attribute."""
         return {
-            attr: (getattr(self, arg) or tf.identity)(getattr(self, attr))
+            attr: (getattr(self, arg) or tf.identity)(tf.convert_to_tensor(getattr(self, attr)))
             for arg, attr in self._quantized_weights
         }
 

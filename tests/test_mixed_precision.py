@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import QUICKSTART, TINY, train_tiny
+from conftest import QUICKSTART, train_tiny
 
 from bnn_cli import precision, quantizers
 from bnn_cli._keras import keras, tf
@@ -111,6 +111,11 @@ def test_bnn_trains_in_mixed_precision(tmp_path, policy):
     scaled = [n for n in variables if "loss_scale" in n]
     assert bool(scaled) == (policy == "mixed_float16"), scaled
     assert keras.mixed_precision.global_policy().name == "float32"
+    # Evaluated and exported in float32 (its weights are float32; LCE takes no other).
+    from bnn_cli.evaluation import load_target
+
+    job = load_target(run).job
+    assert {layer.dtype_policy.name for layer in job.model.layers} == {"float32"}
 
 
 @pytest.mark.slow
@@ -138,4 +143,6 @@ def test_mixed_float16_resumes_exactly(tmp_path):
             assert b["final"][key] == pytest.approx(value, rel=1e-6), key
     for name, value in _checkpoint_variables(whole).items():
         np.testing.assert_array_equal(_checkpoint_variables(run)[name], value, err_msg=name)
-    assert TINY  # (the tiny quickstart: a few steps of batch 16)
+    assert main(["export", str(run), "--format", "tflite"]) == 0
+    check = json.loads((run / "export" / "model.tflite.check.json").read_text())
+    assert check["top1_agreement"] == 1.0, check
