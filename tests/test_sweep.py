@@ -222,7 +222,9 @@ def test_bad_options_are_clean_errors(tmp_path, capsys):
     folder = tmp_path / "bad"
     for extra, message in ((["--search", "bayes"], "not a search"),
                            (["--trials", "3"], "--trials is for --search random"),
-                           (["--search", "random", "--trials", "0"], "positive number")):
+                           (["--search", "random", "--trials", "0"], "positive number"),
+                           (["--storage", "nosuchdb://u:secret@h/x"],
+                            "cannot open the Optuna storage 'nosuchdb://u:***@h/x'")):
         assert main(["sweep", str(QUICKSTART), f"{LR}=0.001,0.01", *extra,
                      "--output", str(folder)]) == 2
         err = capsys.readouterr().err

@@ -33,6 +33,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -240,6 +241,7 @@ def _open_study(settings: SweepSettings, space: Space, folder: Path, mode: str,
     optuna = _optuna()
     name = settings.study or folder.name
     storage = settings.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    shown = masked(storage)
     pruner = settings.pruner or optuna.pruners.MedianPruner(n_startup_trials=2,
                                                             n_warmup_steps=1)
     if not settings.prune:
@@ -249,10 +251,14 @@ def _open_study(settings: SweepSettings, space: Space, folder: Path, mode: str,
                                     direction="maximize" if mode == "max" else "minimize",
                                     sampler=_sampler(settings, space, 0), pruner=pruner)
     except ValueError as exc:  # e.g. a direction that differs from the stored study's
-        raise UserError(f"study {name!r} in {storage}: {exc}; use another --study") from None
+        raise UserError(f"study {name!r} in {shown}: {exc}; use another --study") from None
+    except ImportError as exc:  # a database driver that is not installed
+        raise UserError(f"cannot open the Optuna storage {shown!r}: {exc} (its driver: "
+                        "pip install psycopg2-binary for postgresql://, pymysql for "
+                        "mysql+pymysql://)") from None
     except Exception as exc:  # noqa: BLE001 - a database URL that does not open
         if type(exc).__module__.startswith(("sqlalchemy", "optuna")):
-            raise UserError(f"cannot open the Optuna storage {storage!r}: "
+            raise UserError(f"cannot open the Optuna storage {shown!r}: "
                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}. Check "
                             "the URL (sqlite:///FILE, postgresql://USER:PASS@HOST/DB, "
                             "mysql+pymysql://...) and that its driver is installed") from None
@@ -262,7 +268,7 @@ def _open_study(settings: SweepSettings, space: Space, folder: Path, mode: str,
         study.set_user_attr("sweep", definition)
     elif stored != definition:
         differs = sorted(k for k in definition if stored.get(k) != definition.get(k))
-        raise UserError(f"study {name!r} in {storage} holds another sweep (its "
+        raise UserError(f"study {name!r} in {shown} holds another sweep (its "
                         f"{', '.join(differs)} differ{'s' if len(differs) == 1 else ''}: "
                         f"{json.dumps({k: stored.get(k) for k in differs})}). Run that "
                         "sweep's command to continue it, or start this one elsewhere with "
@@ -608,13 +614,21 @@ def run_sweep(settings: SweepSettings) -> SweepReport:
     monitor, mode = training.monitor, monitor_mode(training, training.monitor)
     name = safe_name(checked.config.name)[:60]
     folder = _folder(settings, name)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the sweep folder {folder}: {exc.strerror or exc}; "
                         "choose another with --output") from None
-    definition = _definition(settings, space)
-    study = _open_study(settings, space, folder, mode, definition)
+    try:
+        study = _open_study(settings, space, folder, mode, _definition(settings, space))
+    except UserError:
+        if created:  # (a storage that does not open leaves nothing behind)
+            with contextlib.suppress(OSError):
+                for leftover in folder.iterdir():
+                    leftover.unlink()
+                folder.rmdir()
+        raise
     signals = _Signals()
     runner = _Runner(settings, space, folder, study, monitor, mode, total, name, signals)
     _say(f"sweep {study.study_name}: {total} trials ({settings.search}) of "
@@ -633,7 +647,13 @@ def run_sweep(settings: SweepSettings) -> SweepReport:
 
 
 def storage_url(settings: SweepSettings, folder: Path) -> str:
-    return settings.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    """The storage's URL as shown (its password masked)."""
+    return masked(settings.storage or f"sqlite:///{(folder / 'study.db').resolve()}")
+
+
+def masked(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", url)
 
 
 def _drive(runner: _Runner, settings: SweepSettings, total: int) -> str | None:
