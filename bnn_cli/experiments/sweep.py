@@ -242,8 +242,9 @@ def _open_study(settings: SweepSettings, space: Space, folder: Path, mode: str,
     name = settings.study or folder.name
     storage = settings.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     shown = masked(storage)
+    # (Steps are epochs, from 1: no trial is judged on its first epoch alone.)
     pruner = settings.pruner or optuna.pruners.MedianPruner(n_startup_trials=2,
-                                                            n_warmup_steps=1)
+                                                            n_warmup_steps=2)
     if not settings.prune:
         pruner = optuna.pruners.NopPruner()
     try:
