@@ -66,8 +66,15 @@ class FlipRatio(keras.metrics.Metric):
                 f"{self.name}: FlipRatio tracks the values of a tensor of fixed shape "
                 f"(such as a kernel), but got shape {shape}"
             )
+        dtype = self.values_dtype
+        if dtype not in (tf.bool, tf.float16, tf.float32, tf.float64, tf.int32, tf.int64) \
+                and isinstance(tf.distribute.get_strategy(),
+                               tf.distribute.MultiWorkerMirroredStrategy):
+            # Its workers broadcast each new variable's initial value with a collective
+            # operation that takes none of the small integer types.
+            dtype = tf.int32
         self._previous_values = self.add_weight(
-            "previous_values", shape=shape, dtype=self.values_dtype,
+            "previous_values", shape=shape, dtype=dtype,
             initializer=keras.initializers.Zeros(),
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
@@ -88,6 +95,7 @@ class FlipRatio(keras.metrics.Metric):
         if not self.built:
             with tf.name_scope(self.name), tf.init_scope():
                 self.build(values.shape)
+        values = tf.cast(values, self._previous_values.dtype)
         unchanged = tf.math.count_nonzero(tf.equal(self._previous_values, values))
         ratio = 1.0 - tf.cast(unchanged, self.dtype) / tf.cast(self._size, self.dtype)
         # sign(count) is 0 on the first update, which has no previous values to compare.

@@ -44,6 +44,7 @@ training:
   optimizer: {type: case, binary: {type: Bop, threshold: 1.0e-6, gamma: 1.0e-3},
               default: {type: Adam}}
   learning_rate: 0.001
+  flip_ratio: true  # (a metric of the quantizers, aggregated over the replicas too)
 """
 
 
@@ -177,7 +178,8 @@ def test_multi_worker_without_tf_config(tmp_path, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     text = CONFIG + "runtime:\n  strategy: multi_worker_mirrored\n"
     message = _problem(tmp_path, [], text)
-    assert message.startswith(f"{tmp_path / 'tiny.yaml'}:19:13: runtime.strategy: ")
+    line = CONFIG.count("\n") + 2
+    assert message.startswith(f"{tmp_path / 'tiny.yaml'}:{line}:13: runtime.strategy: ")
     assert "TF_CONFIG is not set" in message and '"task": {"type": "worker"' in message
 
 
