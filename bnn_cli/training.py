@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from bnn_cli import data as datamod
+from bnn_cli import distribute, precision
 from bnn_cli._keras import keras, tf
 from bnn_cli.errors import UserError, error_text
 from bnn_cli.runs import (
@@ -39,7 +40,7 @@ from bnn_cli.runs import (
     atomic_write_text,
     read_json,
 )
-from bnn_cli.spec.builder import build_model, build_optimizer
+from bnn_cli.spec.builder import build_optimizer
 from bnn_cli.spec.checks import CheckedConfig, check
 from bnn_cli.spec.schema import Config, TrainingConfig
 from bnn_cli.spec.stages import CheckedStage
@@ -61,6 +62,7 @@ class TrainResult:
 
 
 def current_lr(optimizer: Any) -> float | None:
+    optimizer = precision.inner(optimizer)  # (a loss-scale wrapper's)
     opt = getattr(optimizer, "default_optimizer", None) or optimizer
     lr = getattr(opt, "learning_rate", None) or getattr(opt, "lr", None)
     if lr is None:
@@ -78,41 +80,77 @@ def current_lr(optimizer: Any) -> float | None:
 
 
 class _Guard(keras.callbacks.Callback):
-    """Stops at the end of the current step on a signal or a non-finite loss."""
+    """Stops at the end of the current step on a signal or a non-finite loss.
 
-    def __init__(self) -> None:
+    Keras hands batch hooks the step's results as tensors (``_supports_tf_logs``), so
+    the signal check, a Python flag, costs nothing. Reading the loss makes the host
+    wait for the step and copy it out, so it is read only every ``check_every`` steps
+    and at the end of the epoch: the logged loss is the epoch's running mean, which
+    stays non-finite once one step was, so no bad step goes unseen; the run stops at
+    most ``check_every`` steps later, and the epoch is never saved.
+    """
+
+    _supports_tf_logs = True
+
+    def __init__(self, check_every: int = 64) -> None:
         super().__init__()
+        self.check_every = check_every
         self.signal: int | None = None
         self.bad_loss: float | None = None
         self.bad_step: int | None = None
 
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.bad_loss, self.bad_step = float(loss), batch
-            self.model.stop_training = True
         if self.signal is not None:
+            self.model.stop_training = True
+        if (batch + 1) % self.check_every == 0:
+            self._check_loss(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check_loss(None, logs)
+
+    def _check_loss(self, batch: int | None, logs) -> None:
+        loss = (logs or {}).get("loss")
+        if self.bad_loss is not None or loss is None:
+            return
+        value = float(loss)  # (a tensor: waits for the step)
+        if not math.isfinite(value):
+            self.bad_loss, self.bad_step = value, batch
             self.model.stop_training = True
 
 
 class _Progress(keras.callbacks.Callback):
-    """A progress bar per epoch, then one line with the epoch's metrics."""
+    """A progress bar per epoch on a terminal, then one line with the epoch's metrics.
 
-    def __init__(self, epochs: int, steps: int | None, stream=None):
+    Not on a terminal (a log file, CI) there is no bar, and no batch hook at all, so
+    Keras runs the steps back to back. On one, the bar is redrawn at most every
+    ``interval`` seconds, and only then are the step's tensors read.
+    """
+
+    _supports_tf_logs = True
+
+    def __init__(self, epochs: int, steps: int | None, stream=None, interval: float = 0.2):
         super().__init__()
         # sys.stderr as of now, not as of import: it may have been replaced since
         # (a caller capturing output), and the old stream may be closed.
         self.epochs, self.steps, self.stream = epochs, steps, stream or sys.stderr
+        self.interval = interval
         self.bar: keras.utils.Progbar | None = None
+        self._shown = 0.0
+
+    def _implements_train_batch_hooks(self) -> bool:
+        return self.stream.isatty()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.stream.write(f"epoch {epoch + 1}/{self.epochs}\n")
-        self.bar = keras.utils.Progbar(self.steps, verbose=1 if self.stream.isatty() else 0,
-                                       stateful_metrics=None)
+        if self.stream.isatty():
+            self.bar = keras.utils.Progbar(self.steps, verbose=1, stateful_metrics=None)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.bar is not None:
-            self.bar.update(batch + 1, [(k, v) for k, v in (logs or {}).items()])
+        now = time.monotonic()
+        if self.bar is None or now - self._shown < self.interval:
+            return
+        self._shown = now
+        self.bar.update(batch + 1, [(k, float(v)) for k, v in (logs or {}).items()])
 
 
 def _format_row(row: dict[str, Any]) -> str:
@@ -245,10 +283,11 @@ def _seed_for(seed: int | None, epoch: int) -> int | None:
 
 
 def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = None,
-            teacher: keras.Model | None = None) -> Job:
+            teacher: keras.Model | None = None, *, for_training: bool = True) -> Job:
     """Build the model and the optimizer of a checked config (new run or resume); a
     stage that distills trains a :class:`~bnn_cli.distillation.Distiller` of the model
-    and ``teacher``."""
+    and ``teacher``. Not ``for_training`` (evaluation, export), the model is float32
+    whatever ``runtime.mixed_precision`` says: the weights are float32 either way."""
     training = checked.spec.training
     if training.seed is not None:
         keras.utils.set_random_seed(training.seed)
@@ -256,22 +295,32 @@ def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = No
         tf.config.experimental.enable_op_determinism()
     from bnn_cli.metrics import metrics_scope
 
-    # training.flip_ratio: every kernel quantizer logs the share of weights that flipped.
-    with metrics_scope(["flip_ratio"] if training.flip_ratio else []):
-        model = build_model(checked)
-    optimizer = build_optimizer(training, checked.steps_per_epoch)
-    model.compile(optimizer=optimizer, loss=training.loss, metrics=list(training.metrics))
-    trainer = None
-    if stage is not None and stage.distill is not None:
-        from bnn_cli.distillation import Distiller
+    # Everything with variables (model, optimizer, metrics, the checkpoint) is created
+    # under the strategy's scope (a no-op scope without one), the model in the config's
+    # precision (runtime.mixed_precision).
+    policy = checked.spec.runtime.mixed_precision if for_training else None
+    with distribute.strategy().scope():
+        # training.flip_ratio: every kernel quantizer logs the share of weights that flipped.
+        with metrics_scope(["flip_ratio"] if training.flip_ratio else []):
+            model = precision.build_model(checked, policy)
+        optimizer = build_optimizer(training, checked.steps_per_epoch)
+        model.compile(optimizer=optimizer, loss=training.loss,
+                      metrics=list(training.metrics))
+        trainer = None
+        if stage is not None and stage.distill is not None:
+            from bnn_cli.distillation import Distiller
 
-        trainer = Distiller(model, teacher, stage.distill)
-        trainer.compile(optimizer=optimizer, loss=training.loss,
-                        metrics=list(training.metrics))
-    # Create the optimizer's slots now, so a checkpoint restores into them.
-    if hasattr(optimizer, "build"):
-        optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+            with precision.policy(policy):  # (its loss scaling follows the model's)
+                trainer = Distiller(model, teacher, stage.distill)
+            trainer.compile(optimizer=optimizer, loss=training.loss,
+                            metrics=list(training.metrics))
+        # Create the optimizer's slots now, so a checkpoint restores into them.
+        if hasattr(optimizer, "build"):
+            optimizer.build(model.trainable_variables)
+        # What `fit` trains with: under mixed_float16, compile's loss-scale wrapper of
+        # `optimizer`, whose loss scale is state to resume too.
+        checkpoint = tf.train.Checkpoint(model=model,
+                                         optimizer=(trainer or model).optimizer)
     return Job(checked, run, model, checkpoint, trainer, stage)
 
 
@@ -438,7 +487,9 @@ def stage_job(run: RunDir, stage: CheckedStage, stages: list[CheckedStage], *,
     given the weights its stage selected (or its run directory's best checkpoint)."""
     teacher = None
     if stage.distill is not None:
-        teacher = build_model(stage.teacher_checked)
+        with distribute.strategy().scope():
+            teacher = precision.build_model(stage.teacher_checked,
+                                            stage.checked.spec.runtime.mixed_precision)
         if stage.teacher_run is not None:
             _read_weights(teacher, stage.teacher_run.load_checkpoint("best"))
         elif teacher_weights:
@@ -588,12 +639,13 @@ def _crashed(job: Job, state: LoopState, exc: Exception) -> Exception:
 
 
 def _fail_nan(job: Job, state: LoopState, guard: _Guard) -> TrainResult:
+    step = "its end" if guard.bad_step is None else f"step {guard.bad_step + 1}"
+    where = f"epoch {state.epoch + 1} (seen by {step})"
     job.run.write_status(status="failed", epochs_done=state.epoch,
-                         error=f"non-finite loss {guard.bad_loss} at epoch {state.epoch + 1}, "
-                               f"step {guard.bad_step}")
-    sys.stderr.write(f"error: the loss became {guard.bad_loss} at epoch {state.epoch + 1}, "
-                     f"step {guard.bad_step}; the run is marked failed and its last good "
-                     "checkpoint is kept. Try a lower learning rate.\n")
+                         error=f"non-finite loss {guard.bad_loss} in {where}")
+    sys.stderr.write(f"error: the loss became {guard.bad_loss} in {where}; the run is "
+                     "marked failed and its last good checkpoint is kept. Try a lower "
+                     "learning rate.\n")
     return TrainResult(job.run.path, "failed", EXIT_FAILED, state.history or [])
 
 
@@ -625,23 +677,50 @@ def train_from_config(config_path: str | Path, overrides: list[str], *,
                       plugins: list[str] | None = None) -> TrainResult:
     """``bnn train CONFIG``: check, build, create a run directory and train."""
     plugins = list(plugins or [])
-    checked = check(config_path, overrides, plugins=plugins, data_dir=data_dir)
-    # Build and trace (every stage's) before anything is written.
-    job = _first_job(checked, RunDir(Path(output_root)))
-    config = checked.config
+    checked = check(config_path, overrides, plugins=plugins, data_dir=data_dir,
+                    start_runtime=True)
+    with _worker_output(output_root) as output_root:
+        # Build and trace (every stage's) before anything is written.
+        job = _first_job(checked, RunDir(Path(output_root)))
+        config = checked.config
 
-    def fill(run: RunDir) -> None:
-        run.write_status(status="starting", name=config.name,
-                         config_path=str(Path(config_path).resolve()),
-                         started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        _write_run_files(run, config, overrides, job.model, plugins)
-        from bnn_cli.experiments.hparams import write_hparams
-        write_hparams(run, config, overrides)  # once, for TensorBoard's HParams
+        def fill(run: RunDir) -> None:
+            run.write_status(status="starting", name=config.name,
+                             config_path=str(Path(config_path).resolve()),
+                             started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                             runtime=distribute.describe(config.spec.runtime))
+            _write_run_files(run, config, overrides, job.model, plugins)
+            from bnn_cli.experiments.hparams import write_hparams
+            write_hparams(run, config, overrides)  # once, for TensorBoard's HParams
 
-    run = job.run = RunDir.create(output_root, config.name, fill)  # (locked)
-    with _ending_recorded(run):
-        sys.stderr.write(f"run directory: {run.path}\n")
-        return run_loop(job, LoopState(), checked.stages)
+        run = job.run = RunDir.create(output_root, config.name, fill)  # (locked)
+        with _ending_recorded(run):
+            if distribute.is_chief():
+                sys.stderr.write(f"run directory: {run.path}\n")
+            return run_loop(job, LoopState(), checked.stages)
+
+
+@contextlib.contextmanager
+def _worker_output(output_root: str | Path) -> Iterator[str | Path]:
+    """Where this process writes its run directory: ``output_root`` for the chief (and
+    outside a cluster); for another worker of a multi-worker run, a temporary folder,
+    removed when it ends. Such a worker must still run every step and write every
+    checkpoint (they are collective operations), but nothing it writes is the run's."""
+    if distribute.is_chief():
+        yield output_root
+        return
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="bnn-worker-")
+    cluster = distribute.current_cluster()
+    sys.stderr.write(f"{cluster.task} of {cluster.num_workers} workers: the chief writes "
+                     "the run directory; this worker's copy goes to a temporary folder, "
+                     "deleted at the end\n")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _first_job(checked: CheckedConfig, run: RunDir) -> Job:
@@ -658,7 +737,7 @@ def _first_job(checked: CheckedConfig, run: RunDir) -> Job:
 
 
 def load_run_config(run: RunDir, data_dir: str | None = None, *,
-                    trust_plugins: bool = False) -> CheckedConfig:
+                    trust_plugins: bool = False, start_runtime: bool = False) -> CheckedConfig:
     """The config a run was started with (with its overrides and plugins), checked.
 
     A run directory may come from elsewhere and importing a plugin runs its code, so
@@ -676,7 +755,7 @@ def load_run_config(run: RunDir, data_dir: str | None = None, *,
     if not trust_plugins:
         refuse_run_plugins(run, overrides, plugins, base)
     return check(run.file("config.yaml"), overrides, plugins=plugins, data_dir=data_dir,
-                 plugin_base=base)
+                 plugin_base=base, start_runtime=start_runtime)
 
 
 def restore(job: Job, checkpoint: Checkpoint, *, partial: bool = False) -> None:
@@ -708,7 +787,10 @@ def resume_run(run_path: str | Path, *, data_dir: str | None = None,
         return _already_completed(run)
     # Checking writes nothing, so a config (or plugin) refused here leaves the run as it
     # was: interrupted, resumable once the problem is fixed.
-    checked = load_run_config(run, data_dir, trust_plugins=trust_plugins)
+    checked = load_run_config(run, data_dir, trust_plugins=trust_plugins,
+                              start_runtime=True)
+    if not distribute.is_chief():
+        return _resume_worker(run, checked)
     run.lock()
     with _ending_recorded(run):
         try:
@@ -719,6 +801,34 @@ def resume_run(run_path: str | Path, *, data_dir: str | None = None,
         if status.get("status") == "completed":  # (completed while we took the lock)
             return _already_completed(run)
         return _resume(run, checked)
+
+
+def _resume_worker(run: RunDir, checked: CheckedConfig) -> TrainResult:
+    """A non-chief worker's resume: the chief holds the run (its lock, its files); this
+    worker trains on from the same checkpoint, in a temporary copy of the run's
+    checkpoints (it reads the run directory, so on several hosts the output folder must
+    be shared, as TensorFlow's own BackupAndRestore requires of its folder)."""
+    import shutil
+
+    with _worker_output("") as folder:
+        copy = RunDir(Path(folder) / run.path.name)
+        try:
+            copy.path.mkdir()
+            for name in ("config.yaml", "overrides.json", "run.json"):
+                if run.file(name).is_file():
+                    shutil.copy2(run.file(name), copy.file(name))
+            if run.checkpoints.is_dir():
+                shutil.copytree(run.checkpoints, copy.checkpoints)
+        except OSError as exc:
+            raise UserError(f"this worker cannot read the run directory {run.path} "
+                            f"({exc.strerror or exc}); every worker resumes from the "
+                            "chief's checkpoints, so the output folder must be visible "
+                            "to all of them (a shared file system)") from None
+        copy.lock()
+        try:
+            return _resume(copy, checked)
+        finally:
+            copy.unlock()
 
 
 def _already_completed(run: RunDir) -> TrainResult:
