@@ -71,8 +71,9 @@ class Distiller(keras.Model):
         self.loss_mean = keras.metrics.Mean("loss")
         self.terms = {name: keras.metrics.Mean(name) for name in TERMS}
 
-    def compile(self, *, optimizer: Any, loss: str, metrics: list[str]) -> None:
-        super().compile(optimizer=optimizer, metrics=metrics)
+    def compile(self, *, optimizer: Any, loss: str, metrics: list[str],
+                **engine: Any) -> None:
+        super().compile(optimizer=optimizer, metrics=metrics, **engine)
         self.label_loss = keras.losses.get(loss)
 
     def call(self, x: Any, training: bool = False) -> tf.Tensor:

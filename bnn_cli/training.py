@@ -84,17 +84,17 @@ class _Guard(keras.callbacks.Callback):
 
     Keras hands batch hooks the step's results as tensors (``_supports_tf_logs``), so
     the signal check, a Python flag, costs nothing. Reading the loss makes the host
-    wait for the step and copy it out, so it is read only every ``check_every`` steps
-    and at the end of the epoch: the logged loss is the epoch's running mean, which
-    stays non-finite once one step was, so no bad step goes unseen; the run stops at
-    most ``check_every`` steps later, and the epoch is never saved.
+    wait for the step and copy it out, so it is read only every ``check_every`` calls
+    (each runs ``runtime.steps_per_execution`` steps) and at the end of the epoch. The
+    logged loss is the epoch's running mean, which stays non-finite once one step's
+    was: no bad step goes unseen, the run stops soon after, and the epoch is never saved.
     """
 
     _supports_tf_logs = True
 
     def __init__(self, check_every: int = 64) -> None:
         super().__init__()
-        self.check_every = check_every
+        self.check_every, self._calls = check_every, 0
         self.signal: int | None = None
         self.bad_loss: float | None = None
         self.bad_step: int | None = None
@@ -102,7 +102,8 @@ class _Guard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.signal is not None:
             self.model.stop_training = True
-        if (batch + 1) % self.check_every == 0:
+        self._calls += 1  # (one call per `steps_per_execution` steps)
+        if self._calls % self.check_every == 0:
             self._check_loss(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -304,8 +305,11 @@ def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = No
         with metrics_scope(["flip_ratio"] if training.flip_ratio else []):
             model = precision.build_model(checked, policy)
         optimizer = build_optimizer(training, checked.steps_per_epoch)
+        runtime = checked.spec.runtime
+        engine = {"jit_compile": runtime.jit_compile,
+                  "steps_per_execution": runtime.steps_per_execution}
         model.compile(optimizer=optimizer, loss=training.loss,
-                      metrics=list(training.metrics))
+                      metrics=list(training.metrics), **engine)
         trainer = None
         if stage is not None and stage.distill is not None:
             from bnn_cli.distillation import Distiller
@@ -313,7 +317,7 @@ def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = No
             with precision.policy(policy):  # (its loss scaling follows the model's)
                 trainer = Distiller(model, teacher, stage.distill)
             trainer.compile(optimizer=optimizer, loss=training.loss,
-                            metrics=list(training.metrics))
+                            metrics=list(training.metrics), **engine)
         # Create the optimizer's slots now, so a checkpoint restores into them.
         if hasattr(optimizer, "build"):
             optimizer.build(model.trainable_variables)

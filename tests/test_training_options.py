@@ -102,3 +102,32 @@ def test_early_stopping_watches_its_own_metric(tmp_path):
     run = next((tmp_path / "r").iterdir())
     best = json.loads((run / "run.json").read_text())["best"]
     assert set(best) == {"val_accuracy", "epoch"}
+
+
+def test_steps_per_execution_trains_the_same_steps(tmp_path, monkeypatch):
+    """runtime.steps_per_execution only groups steps into one call: same data, same
+    updates, the same metrics as one step per call (and 5 steps an epoch do not divide
+    by 2: Keras runs the remainder)."""
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    for name, spe in (("one", 1), ("two", 2)):
+        assert main(["train", str(QUICKSTART), *TINY, f"runtime.steps_per_execution={spe}",
+                     "--output", str(tmp_path / name)]) == 0
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    for a, b in zip(one, two, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
+def test_jit_compile_switch_reaches_the_training_step(tmp_path, monkeypatch):
+    from bnn_cli.spec.checks import check
+    from bnn_cli.training import prepare
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    checked = check(QUICKSTART, ["runtime.jit_compile=true",
+                                 "runtime.steps_per_execution=4"])
+    job = prepare(checked, None)
+    assert job.model._jit_compile is True
+    assert int(job.model._steps_per_execution.numpy()) == 4
+    assert main(["train", str(QUICKSTART), *TINY, "runtime.jit_compile=true",
+                 "--output", str(tmp_path / "xla")]) == 0
+    assert math.isfinite(_rows(tmp_path / "xla")[-1]["loss"])

@@ -237,6 +237,13 @@ class RuntimeConfig(Strict):
         | None = Field(default=None, min_length=1)
     # Keras mixed precision: layers compute in float16/bfloat16, variables stay float32.
     mixed_precision: Literal["mixed_float16", "mixed_bfloat16"] | None = None
+    # Compile the training step with XLA (`model.compile(jit_compile=...)`). Off by
+    # default: on this project's 2-core CPU it made BNNs slower (scripts/benchmark.py).
+    jit_compile: bool = False
+    # Training steps per call into TensorFlow (`model.compile(steps_per_execution=...)`):
+    # fewer Python round trips for small networks; batch hooks (the signal and NaN
+    # checks) then run once per call.
+    steps_per_execution: int = Field(default=1, ge=1, le=10_000)
 
 
 class AttentionPair(Strict):
