@@ -73,3 +73,16 @@ def test_small_recipes_train_through_their_stages(recipe, tmp_path):
     assert status["status"] == "completed" and status["test"]["metrics"]["accuracy"] >= 0
     stored = yaml.safe_load((run / "config.yaml").read_text())
     assert "extends" not in stored and stored["stages"][0]["name"] == names[0]
+
+
+@pytest.mark.parametrize("recipe", ["bireal_fashion_two_step", "bireal_fashion_real_to_binary"])
+def test_fashion_recipes_share_the_single_stage_budget(recipe):
+    """The recipes compared with configs/fashion_mnist_bnn.yaml in the accuracy table
+    spend its epochs, split among their stages (the same budget, stage by stage)."""
+    from bnn_cli.spec.checks import check
+
+    single = check(ROOT / "configs" / "fashion_mnist_bnn.yaml", allow_unprepared_data=True)
+    staged = check(ROOT / "configs" / "recipes" / f"{recipe}.yaml",
+                   allow_unprepared_data=True)
+    assert sum(s.checked.spec.training.epochs for s in staged.stages) \
+        == single.spec.training.epochs

@@ -1,0 +1,421 @@
+#!/usr/bin/env python
+"""bnn's speed, compared in one run with what a user would otherwise run.
+
+    python scripts/benchmark.py [--only step,train,pipeline,startup] [--rounds 3]
+        [--data-dir ../shared/tfds] [--out docs/benchmark]
+
+- step: training-step throughput of one network as full-precision Keras layers, as
+  Larq layers and as bnn_cli layers (Larq's MNIST network at batch 64, BinaryNet for
+  CIFAR-10 at batch 128), on random data, timed in alternating rounds (medians);
+  plus bnn_cli with XLA (``jit_compile``) and with ``steps_per_execution``;
+- train: ``bnn train`` against the plain Larq + Keras script that does the same
+  (NumPy arrays, ``model.fit`` with ``validation_data``, ``ModelCheckpoint``,
+  ``CSVLogger``), each in its own process, alternating: the time of epoch 2 (from one
+  epoch-end line to the next, as the parent reads them) and the peak memory, on
+  Larq's MNIST network (real MNIST, validated on the test split) and the quickstart
+  (the embedded digits);
+- pipeline: one epoch of bnn's input pipeline alone against one epoch of training
+  steps on the same batches;
+- epoch: where a quickstart epoch's time goes as the training loop runs it (pipelines,
+  the fit call, the checkpoint with its pointers and metrics, run.json);
+- startup: ``bnn --help``, ``bnn list-quantizers`` and ``import tensorflow``.
+
+Writes ``<out>.md`` (the table the README shows) and ``<out>.json``. Larq is the test
+extra (``pip install -e '.[test]'``). Times are ratios measured in one run: the machine
+is noisy, so only the ratios mean much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+ROOT = Path(__file__).resolve().parents[1]
+
+NETWORKS = {  # name -> (config, batch size)
+    "larq_mnist": ("configs/larq_mnist.yaml", 64),
+    "binarynet_cifar10": ("configs/binarynet_cifar10.yaml", 128),
+}
+SECTIONS = ("step", "train", "pipeline", "epoch", "startup")
+
+
+# ---------------------------------------------------------------------------------------
+# One network as Keras, Larq and bnn_cli layers
+# ---------------------------------------------------------------------------------------
+
+
+def bnn_model(config: str, overrides: list[str] | None = None):
+    """The network of a config, built by bnn_cli (no dataset needed)."""
+    from bnn_cli.spec.builder import build_model
+    from bnn_cli.spec.checks import check
+
+    checked = check(ROOT / config, overrides or [], allow_unprepared_data=True)
+    return build_model(checked)
+
+
+def translate(model, target: str):
+    """The same Sequential network with Larq's layers ("larq") or plain Keras layers
+    without any quantizer ("keras"): each layer rebuilt from its config."""
+    from bnn_cli._keras import keras
+
+    if target == "larq":
+        import larq as lq
+    layers = []
+    for layer in model.layers:
+        config = layer.get_config()
+        name = type(layer).__name__
+        if name == "InputLayer":
+            continue
+        if name.startswith("Quant"):
+            quant = {k: config.pop(k) for k in list(config)
+                     if k.endswith("_quantizer") or k.endswith("_constraint")
+                     and k.startswith("kernel")}
+            if target == "keras":
+                config.pop("pad_values", None)
+                layer_cls = getattr(keras.layers, name[len("Quant"):])
+            else:
+                layer_cls = getattr(lq.layers, name)
+                for key, value in quant.items():  # (bnn_cli's classes have Larq's names)
+                    module = lq.constraints if key.endswith("constraint") else lq.quantizers
+                    config[key] = None if value is None else \
+                        getattr(module, value["class_name"])(**value["config"])
+            layers.append(layer_cls.from_config(config))
+        else:
+            layers.append(type(layer).from_config(config))
+    return keras.Sequential([keras.Input(model.input_shape[1:]), *layers])
+
+
+# ---------------------------------------------------------------------------------------
+# step: training-step throughput
+# ---------------------------------------------------------------------------------------
+
+
+def bench_step(rounds: int) -> dict[str, Any]:
+    import numpy as np
+
+    from bnn_cli._keras import tf
+
+    results = {}
+    for name, (config, batch) in NETWORKS.items():
+        model = bnn_model(config)
+        steps = 60 if name == "larq_mnist" else 6
+        rng = np.random.default_rng(0)
+        shape = model.input_shape[1:]
+        x = rng.uniform(-1, 1, (steps * batch, *shape)).astype("float32")
+        y = rng.integers(0, model.output_shape[-1], steps * batch)
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
+        list(data)  # fill the cache: time the model, not the input pipeline
+        variants = {
+            "keras (full precision)": (translate(model, "keras"), {}),
+            "larq": (translate(model, "larq"), {}),
+            "bnn": (model, {}),
+            "bnn, jit_compile": (bnn_model(config), {"jit_compile": True}),
+            "bnn, steps_per_execution 8": (bnn_model(config), {"steps_per_execution": 8}),
+        }
+        for m, compile_args in variants.values():
+            m.compile("adam", "sparse_categorical_crossentropy", **compile_args)
+            m.fit(data.take(3), verbose=0)  # trace and warm up
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for r in range(rounds):
+            for variant, (m, _) in variants.items():
+                start = time.perf_counter()
+                m.fit(data, verbose=0)
+                times[variant].append((time.perf_counter() - start) / steps)
+            progress(f"step {name} round {r + 1}/{rounds}: " + "  ".join(
+                f"{v} {1000 * t[-1]:.1f} ms" for v, t in times.items()))
+        results[name] = {"batch": batch,
+                         "ms_per_step": {v: 1000 * statistics.median(t)
+                                         for v, t in times.items()}}
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# train: `bnn train` against the plain script, end to end
+# ---------------------------------------------------------------------------------------
+
+PLAIN_SCRIPT = textwrap.dedent("""
+    # What a Larq user writes: NumPy arrays, one model.fit with validation_data,
+    # ModelCheckpoint and CSVLogger. The network is the config's, in Larq's layers.
+    import os, sys, time
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import numpy as np
+    import tensorflow_datasets as tfds
+    import tf_keras as keras
+    sys.path.insert(0, {scripts!r})
+    import bnn_cli.digits  # (registers the embedded digits builder with TFDS)
+    from benchmark import bnn_model, translate
+
+    config, dataset, train_split, val_split, batch, epochs, lr, data_dir, out = sys.argv[1:]
+    def arrays(split):
+        ds = tfds.load(dataset, split=split, data_dir=data_dir or None, batch_size=-1,
+                       as_supervised=True)
+        x, y = tfds.as_numpy(ds)
+        return x.astype("float32") / 127.5 - 1, y
+    (x, y), (xv, yv) = arrays(train_split), arrays(val_split)
+    model = translate(bnn_model(config), "larq")
+    model.compile(keras.optimizers.Adam(float(lr)), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+    class EpochEnd(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            print("EPOCH-END", epoch + 1, flush=True)
+
+    model.fit(x, y, batch_size=int(batch), epochs=int(epochs), validation_data=(xv, yv),
+              verbose=0, callbacks=[
+                  keras.callbacks.ModelCheckpoint(os.path.join(out, "ckpt.h5")),
+                  keras.callbacks.CSVLogger(os.path.join(out, "log.csv")), EpochEnd()])
+""")
+
+TRAIN_CASES = {
+    # name -> config, dataset, train split, validation split, batch, epochs, lr
+    "larq_mnist": ("configs/larq_mnist.yaml", "mnist", "train", "test", 64, 3, 0.001),
+    "quickstart": ("configs/quickstart.yaml", "sklearn_digits", "train[:90%]",
+                   "train[90%:]", 32, 3, 0.01),
+}
+
+
+def _timed_process(cmd: list[str], marker: str, cwd: str) -> dict[str, Any]:
+    """Run ``cmd``; the times at which lines containing ``marker`` appeared (either
+    stream), and the process's peak memory (its maximum resident set)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=cwd)
+    stamps, lines = [], []
+    for line in proc.stdout:  # read as they come: each line's time is when it was printed
+        lines.append(line)
+        if marker in line:
+            stamps.append(time.perf_counter())
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed:\n{''.join(lines[-20:])}")
+    return {"epoch_ends": stamps, "peak_mib": usage.ru_maxrss / 1024}
+
+
+def bench_train(rounds: int, data_dir: str) -> dict[str, Any]:
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "plain.py"
+        script.write_text(PLAIN_SCRIPT.format(scripts=str(ROOT / "scripts")))
+        for name, (config, dataset, train, val, batch, epochs, lr) in TRAIN_CASES.items():
+            data = "" if dataset == "sklearn_digits" else data_dir
+            bnn_cmd = [sys.executable, "-m", "bnn_cli.cli", "train", config,
+                       f"data.train_split={train}", f"data.validation_split={val}",
+                       f"training.batch_size={batch}", f"training.epochs={epochs}",
+                       f"training.learning_rate={lr}",
+                       *(["--data-dir", data] if data else [])]
+            runs: dict[str, list[dict[str, Any]]] = {"bnn train": [], "plain script": []}
+            for r in range(rounds):
+                out = Path(tmp) / f"{name}-{r}"
+                out.mkdir()
+                runs["bnn train"].append(_timed_process(
+                    [*bnn_cmd, "--output", str(out)], "  loss ", str(ROOT)))
+                runs["plain script"].append(_timed_process(
+                    [sys.executable, str(script), config, dataset, train, val, str(batch),
+                     str(epochs), str(lr), data, str(out)], "EPOCH-END", str(ROOT)))
+                progress(f"train {name} round {r + 1}/{rounds}: " + "  ".join(
+                    f"{k} {_epoch2(v[-1]):.2f} s" for k, v in runs.items()))
+            results[name] = {
+                k: {"epoch2_s": min(_epoch2(x) for x in v),  # best of the rounds
+                    "peak_mib": max(x["peak_mib"] for x in v)} for k, v in runs.items()}
+    return results
+
+
+def _epoch2(run: dict[str, Any]) -> float:
+    ends = run["epoch_ends"]
+    return ends[1] - ends[0]
+
+
+# ---------------------------------------------------------------------------------------
+# pipeline: the input pipeline alone against the training steps
+# ---------------------------------------------------------------------------------------
+
+
+def bench_pipeline(rounds: int, data_dir: str) -> dict[str, Any]:
+    from bnn_cli import data as datamod
+    from bnn_cli.spec.builder import build_model
+    from bnn_cli.spec.checks import check
+
+    checked = check(ROOT / "configs/larq_mnist.yaml", ["data.train_split=train"],
+                    data_dir=data_dir)
+    spec = checked.spec
+
+    def epoch(seed: int):
+        return datamod.load_split(spec.data, spec.data.train_split, training=True,
+                                  batch_size=spec.training.batch_size, seed=seed,
+                                  data_dir=checked.data_dir)
+
+    model = build_model(checked)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    cached = epoch(0).cache()
+    model.fit(cached, verbose=0)  # (fills the cache, traces)
+    pipe, steps = [], []
+    for r in range(rounds):
+        start = time.perf_counter()
+        for _ in epoch(r + 1):
+            pass
+        pipe.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        model.fit(cached, verbose=0)
+        steps.append(time.perf_counter() - start)
+        progress(f"pipeline round {r + 1}/{rounds}: pipeline {pipe[-1]:.2f} s, "
+                 f"steps {steps[-1]:.2f} s")
+    return {"pipeline_s": statistics.median(pipe), "steps_s": statistics.median(steps)}
+
+
+# ---------------------------------------------------------------------------------------
+# epoch: where one `bnn train` epoch's time goes, outside the steps
+# ---------------------------------------------------------------------------------------
+
+
+def bench_epoch(rounds: int, data_dir: str) -> dict[str, Any]:
+    """A timing breakdown of one epoch of the quickstart as the training loop runs it
+    (milliseconds, medians): building its pipelines, the fit call (steps and
+    validation), then the checkpoint with its pointers and metrics, and run.json."""
+    from bnn_cli import data as datamod
+    from bnn_cli import training
+    from bnn_cli.runs import RunDir
+    from bnn_cli.spec.checks import check
+
+    checked = check(ROOT / "configs/quickstart.yaml", [], data_dir=data_dir or None)
+    spec = checked.spec
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir.create(tmp, "epoch")
+        job = training.prepare(checked, run)
+        state = training.LoopState(history=[])
+        parts: dict[str, list[float]] = {"pipelines": [], "fit (steps + validation)": [],
+                                         "checkpoint, pointers, metrics": [], "run.json": []}
+        for epoch in range(rounds + 1):
+            marks = [time.perf_counter()]
+            train = datamod.load_split(spec.data, spec.data.train_split, training=True,
+                                       batch_size=spec.training.batch_size, seed=epoch,
+                                       data_dir=checked.data_dir)
+            val = datamod.load_split(spec.data, spec.data.validation_split, training=False,
+                                     batch_size=spec.training.batch_size, seed=None,
+                                     data_dir=checked.data_dir)
+            marks.append(time.perf_counter())
+            job.model.fit(train, validation_data=val, initial_epoch=epoch, epochs=epoch + 1,
+                          verbose=0, callbacks=[training._Guard()])
+            marks.append(time.perf_counter())
+            state.epoch += 1
+            state.history.append({"epoch": state.epoch, "loss": 1.0})
+            training._save_checkpoint(job, state, True)
+            marks.append(time.perf_counter())
+            run.write_status(status="running", epochs_done=state.epoch)
+            marks.append(time.perf_counter())
+            if epoch:  # (the first traces the step)
+                for name, a, b in zip(parts, marks, marks[1:], strict=False):
+                    parts[name].append(1000 * (b - a))
+        run.unlock()
+    return {name: statistics.median(v) for name, v in parts.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# startup
+# ---------------------------------------------------------------------------------------
+
+
+def bench_startup(rounds: int) -> dict[str, Any]:
+    commands = {
+        "bnn --help": [sys.executable, "-m", "bnn_cli.cli", "--help"],
+        "bnn list-quantizers": [sys.executable, "-m", "bnn_cli.cli", "list-quantizers"],
+        "import tensorflow": [sys.executable, "-c", "import tensorflow"],
+    }
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(rounds):
+        for name, cmd in commands.items():
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------
+
+
+def progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def table(results: dict[str, Any]) -> str:
+    out = []
+    if "step" in results:
+        out += ["| network (batch) | variant | ms / step | vs full-precision Keras | vs Larq |",
+                "|---|---|---|---|---|"]
+        for name, r in results["step"].items():
+            ms = r["ms_per_step"]
+            for variant, t in ms.items():
+                out.append(f"| {name} ({r['batch']}) | {variant} | {t:.1f} | "
+                           f"{ms['keras (full precision)'] / t:.2f}x | "
+                           f"{ms['larq'] / t:.2f}x |")
+        out.append("")
+    if "train" in results:
+        out += ["| job | bnn train: epoch 2 | plain script: epoch 2 | speed ratio "
+                "(plain / bnn) | peak memory bnn / plain |", "|---|---|---|---|---|"]
+        for name, r in results["train"].items():
+            b, p = r["bnn train"], r["plain script"]
+            out.append(f"| {name} | {b['epoch2_s']:.2f} s | {p['epoch2_s']:.2f} s | "
+                       f"{p['epoch2_s'] / b['epoch2_s']:.2f} | "
+                       f"{b['peak_mib']:.0f} / {p['peak_mib']:.0f} MiB |")
+        out.append("")
+    if "pipeline" in results:
+        r = results["pipeline"]
+        out += [f"Input pipeline, one MNIST epoch (batch 64): {r['pipeline_s']:.2f} s, "
+                f"against {r['steps_s']:.2f} s of training steps "
+                f"({r['steps_s'] / r['pipeline_s']:.1f}x faster than the steps).", ""]
+    if "epoch" in results:
+        r = results["epoch"]
+        out += ["One quickstart epoch as `bnn train` runs it (median ms): " + ", ".join(
+            f"{k} {v:.0f}" for k, v in r.items()) + ".", ""]
+    if "startup" in results:
+        r = results["startup"]
+        out += ["Start-up: " + ", ".join(f"`{k}` {v:.2f} s" for k, v in r.items()) + "."]
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "tfds"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmark"))
+    args = parser.parse_args()
+    sections = [s for s in args.only.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    results: dict[str, Any] = {}
+    for section in sections:
+        if section == "step":
+            results["step"] = bench_step(args.rounds)
+        elif section == "train":
+            results["train"] = bench_train(max(2, args.rounds - 1), args.data_dir)
+        elif section == "pipeline":
+            results["pipeline"] = bench_pipeline(args.rounds, args.data_dir)
+        elif section == "epoch":
+            results["epoch"] = bench_epoch(args.rounds, "")
+        else:
+            results["startup"] = bench_startup(args.rounds)
+    text = table(results)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
