@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -186,19 +187,22 @@ TRAIN_CASES = {
 
 def _timed_process(cmd: list[str], marker: str, cwd: str) -> dict[str, Any]:
     """Run ``cmd``; the times at which lines containing ``marker`` appeared (either
-    stream), and the process's peak memory (its maximum resident set)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=cwd)
-    stamps, lines = [], []
+    stream), and the process's peak memory (its maximum resident set, as GNU time
+    reports it: the rusage of a child forked from this large process would count the
+    copy of this one it starts as)."""
+    timer = shutil.which("time") or "/usr/bin/time"
+    proc = subprocess.Popen([timer, "-f", "BENCH_PEAK_KB %M", *cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    stamps, lines, peak_kb = [], [], None
     for line in proc.stdout:  # read as they come: each line's time is when it was printed
         lines.append(line)
         if marker in line:
             stamps.append(time.perf_counter())
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+        if line.startswith("BENCH_PEAK_KB "):
+            peak_kb = int(line.split()[1])
+    if proc.wait() != 0:
         raise RuntimeError(f"{cmd[:4]} failed:\n{''.join(lines[-20:])}")
-    return {"epoch_ends": stamps, "peak_mib": usage.ru_maxrss / 1024}
+    return {"epoch_ends": stamps, "peak_mib": (peak_kb or 0) / 1024}
 
 
 def bench_train(rounds: int, data_dir: str) -> dict[str, Any]:
