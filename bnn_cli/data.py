@@ -172,7 +172,7 @@ def _examples(builder: tfds.core.DatasetBuilder, data: schema.DataConfig, split:
     return _EXAMPLES[key]
 
 
-_ARRAYS: dict[tuple, tuple[tf.Tensor, tf.Tensor]] = {}
+_ARRAYS: dict[tuple, tuple[tf.Tensor, tf.Tensor] | None] = {}
 
 IN_MEMORY_BYTES = 2**31
 """The largest cached split held as one tensor (MNIST's training images take 188 MB)."""
