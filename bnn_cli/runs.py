@@ -584,6 +584,21 @@ class RunDir:
         writer.writerows(rows)
         atomic_write_text(self.file("metrics.csv"), buffer.getvalue())
 
+    def read_history(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's rows with an integer ``epoch``, as far as it can be read: a
+        live run may be between writes, a foreign one damaged; neither is an error."""
+        try:
+            lines = self.file("metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return []
+        rows = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                row = json.loads(line)
+                if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                    rows.append(row)
+        return rows
+
     def metric_columns(self, history: list[dict[str, Any]]) -> list[str]:
         """metrics.csv's columns: fixed when the file is created (``epoch``, then the
         first row's order), new keys appended at the end, never reordered, so scripts

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,22 +58,6 @@ class CompareReport:
             console.print(f"wrote {self.output}", markup=False, soft_wrap=True)
 
 
-def _history(run: Path) -> list[dict[str, Any]]:
-    try:
-        lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            rows.append(row)
-    return rows
-
-
 def _labels(paths: list[Path]) -> list[str]:
     """Each run's folder name, with its parents where names repeat."""
     labels = [p.resolve().name for p in paths]
@@ -106,7 +89,7 @@ def compare_runs(targets: list[Path], output: Path | None = Path("compare.png"))
                      "epochs_done": row["epochs_done"], "monitor": row["monitor"],
                      "best": row["best"], "best_epoch": row["best_epoch"],
                      "test": row["test"]})
-        history = _history(path)
+        history = RunDir(path).read_history()
         if history:
             plotted.append({"label": label, "history": history, "monitor": row["monitor"],
                             "mode": row["mode"]})

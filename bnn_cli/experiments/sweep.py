@@ -491,7 +491,7 @@ class _Runner:
         if run_dir is None:
             return None
         newest = None
-        for row in _history(run_dir):
+        for row in RunDir(run_dir).read_history():
             epoch, value = row.get("epoch"), row.get(self.monitor)
             if not isinstance(epoch, int) or epoch in trial.reported or not _finite(value):
                 continue
@@ -563,20 +563,6 @@ class _Runner:
         pick = max if self.mode == "max" else min
         best = pick(done, key=lambda t: t.value)
         return f"best so far {self.monitor} {best.value:.4f} (trial {best.number + 1})"
-
-
-def _history(run_dir: Path) -> list[dict[str, Any]]:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        with contextlib.suppress(ValueError):
-            row = json.loads(line)
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
 
 
 def _last_error(log_path: Path) -> str | None:
