@@ -109,27 +109,79 @@ def load_split(
     """Batches of ``(inputs, labels)`` from ``split``, shuffled and augmented if ``training``.
 
     The decoded, preprocessed examples are read once per process and cached; each call
-    only adds the shuffle/batch/augment stages for its ``seed``. The training loop calls
-    this once per epoch with a seed derived from the epoch, so a resumed run sees the
-    same batches as an uninterrupted one without decoding the dataset again.
+    only adds the shuffle/batch/augment stages for its ``seed``.
     """
+    batches = _batches_for_seed(data, split, training=training, batch_size=batch_size,
+                                data_dir=data_dir)
+    return _finished(batches(seed))
+
+
+def epoch_seed(seed: int | None, epoch: Any) -> Any:
+    """The seed of one epoch's data order and augmentation (and of the layers' own
+    randomness) in a run seeded with ``seed``; ``epoch`` may be a tensor."""
+    return None if seed is None else seed * 1_000_003 + epoch
+
+
+def training_epochs(
+    data: schema.DataConfig,
+    *,
+    first: int,
+    end: int,
+    steps: int,
+    batch_size: int,
+    seed: int | None,
+    data_dir: str | None,
+) -> tf.data.Dataset:
+    """Epochs ``first`` to ``end - 1`` of the training split back to back, ``steps``
+    batches each, for one ``fit`` over all of them (one iterator: no per-epoch set-up).
+
+    Each epoch is drawn in-graph from ``epoch_seed(seed, epoch)`` alone, so epoch 7 has
+    the same batches whether the run started at epoch 0 or resumed at 5. That is why
+    the global seed is unset here (the layers' seed is set again per epoch): dataset
+    ops mix it into their own seeds, and TF's seed helper cannot mix a global seed of 0
+    with a tensor seed.
+    """
+    tf.random.set_seed(None)
+    batches = _batches_for_seed(data, data.train_split, training=True,
+                                batch_size=batch_size, data_dir=data_dir)
+    epochs = tf.data.Dataset.range(first, end)
+    return _finished(epochs.flat_map(lambda e: batches(epoch_seed(seed, e)).take(steps)))
+
+
+def _batches_for_seed(
+    data: schema.DataConfig, split: str, *, training: bool, batch_size: int,
+    data_dir: str | None,
+) -> Callable[[Any], tf.data.Dataset]:
+    """``seed -> batches`` of one pass over ``split``. The Python work (opening the
+    builder, reading the cache) happens here, once; the function only adds the seeded
+    stages, so it also runs in-graph with a tensor seed."""
     builder = _open_builder(data, data_dir)
     depth = _one_hot_depth(builder, data)
     arrays = _in_memory(builder, data, split, training)
     partial = training and 0 < data.shuffle_buffer < (0 if arrays is None else len(arrays[1]))
-    if arrays is not None and not partial:
-        # Whole batches gathered from one tensor: no per-example work at all.
-        ds = _batches_of(arrays, batch_size, shuffle=training and data.shuffle_buffer > 0,
-                         seed=seed)
-    else:
-        ds = _examples(builder, data, split, training)
-        if training and data.shuffle_buffer:
-            ds = ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
-    if training and data.augmentation:
-        ds = _augment(ds, data, seed)
-    if depth is not None:
-        ds = ds.map(lambda x, y: (x, tf.one_hot(y, depth)), num_parallel_calls=AUTOTUNE)
+    examples = None if arrays is not None and not partial else \
+        _examples(builder, data, split, training)
+
+    def batches(seed: Any) -> tf.data.Dataset:
+        if examples is None:
+            # Whole batches gathered from one tensor: no per-example work at all.
+            ds = _batches_of(arrays, batch_size,
+                             shuffle=training and data.shuffle_buffer > 0, seed=seed)
+        else:
+            ds = examples
+            if training and data.shuffle_buffer:
+                ds = ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
+        if training and data.augmentation:
+            ds = _augment(ds, data, seed)
+        if depth is not None:
+            ds = ds.map(lambda x, y: (x, tf.one_hot(y, depth)), num_parallel_calls=AUTOTUNE)
+        return ds
+
+    return batches
+
+
+def _finished(ds: tf.data.Dataset) -> tf.data.Dataset:
     # How a tf.distribute strategy shards it: by data, each global batch divided among
     # the workers (bnn_cli.distribute.dataset_options says why); unused on one worker.
     from bnn_cli.distribute import dataset_options

@@ -1,10 +1,11 @@
 """Training: a validated config -> model + data -> epochs -> the run directory.
 
-The loop runs one ``model.fit`` per epoch so that each epoch's data order depends only
-on ``(seed, epoch)``: a run resumed from a checkpoint sees exactly the batches an
-uninterrupted run would have seen. After each epoch the checkpoint (weights, optimizer
-and the loop's own state: history, best value, early-stopping wait) is written
-atomically, then the pointers, then the metrics files, then ``run.json``.
+Each stage is one ``model.fit`` over all its epochs (one data iterator, one validation
+set-up), and each epoch's data order and augmentation are drawn in-graph from
+``(seed, epoch)`` alone: a run resumed from a checkpoint sees exactly the batches an
+uninterrupted run would have seen. After each epoch, in a callback, the checkpoint
+(weights, optimizer and the loop's own state: history, best value, early-stopping wait)
+is written atomically, then the pointers, then the metrics files, then ``run.json``.
 
 SIGINT/SIGTERM let the current step finish, save a checkpoint, mark the run
 interrupted and exit with 130/143. A non-finite loss stops the run, keeps the last good
@@ -279,10 +280,6 @@ class Job:
         return self.checked.steps_per_epoch
 
 
-def _seed_for(seed: int | None, epoch: int) -> int | None:
-    return None if seed is None else seed * 1_000_003 + epoch
-
-
 def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = None,
             teacher: keras.Model | None = None, *, for_training: bool = True) -> Job:
     """Build the model and the optimizer of a checked config (new run or resume); a
@@ -339,7 +336,8 @@ def check_training_step(job: Job) -> None:
     spec = job.config.spec
     train = datamod.load_split(spec.data, spec.data.train_split, training=True,
                                batch_size=spec.training.batch_size,
-                               seed=_seed_for(spec.training.seed, 0), data_dir=job.data_dir)
+                               seed=datamod.epoch_seed(spec.training.seed, 0),
+                               data_dir=job.data_dir)
     try:
         job.fit_model.make_train_function().get_concrete_function(
             tf.data.IteratorSpec(train.element_spec))
@@ -353,28 +351,21 @@ def check_training_step(job: Job) -> None:
                         "(data.one_hot)") from None
 
 
-def _epoch(job: Job, epoch: int, callbacks: list) -> dict[str, Any]:
+def _stage_data(job: Job, state: LoopState, end: int) -> tuple[tf.data.Dataset, Any]:
+    """The stage's remaining epochs of training data (one dataset) and the validation
+    split; each epoch's batches depend only on the seed and the epoch's number."""
     spec = job.config.spec
     training = spec.training
-    if training.seed is not None:  # layers' own randomness (dropout) per (seed, epoch)
-        keras.utils.set_random_seed(_seed_for(training.seed, epoch))
-    train = datamod.load_split(spec.data, spec.data.train_split, training=True,
-                               batch_size=training.batch_size,
-                               seed=_seed_for(training.seed, epoch), data_dir=job.data_dir)
+    train = datamod.training_epochs(spec.data, first=state.epoch, end=end,
+                                    steps=job.steps_per_epoch,
+                                    batch_size=training.batch_size, seed=training.seed,
+                                    data_dir=job.data_dir)
     val = None
     if spec.data.validation_split:
         val = datamod.load_split(spec.data, spec.data.validation_split, training=False,
                                  batch_size=training.batch_size, seed=None,
                                  data_dir=job.data_dir)
-    start = time.perf_counter()
-    history = job.fit_model.fit(train, validation_data=val, initial_epoch=epoch, epochs=epoch + 1,
-                            steps_per_epoch=training.steps_per_epoch, verbose=0,
-                            callbacks=callbacks)
-    logs = {k: float(v[-1]) for k, v in history.history.items() if v}
-    row = {"epoch": epoch + 1, **({"stage": job.stage.name} if job.stage else {}), **logs,
-           "learning_rate": current_lr(job.model.optimizer),
-           "seconds": round(time.perf_counter() - start, 3)}
-    return row
+    return train, val
 
 
 def _save_checkpoint(job: Job, state: LoopState, improved: bool) -> None:
@@ -428,51 +419,95 @@ def run_loop(job: Job, state: LoopState, stages: list[CheckedStage] | None = Non
 
 
 def _train_stage(job: Job, state: LoopState, total: int | None = None) -> TrainResult | None:
-    """The epochs of ``job``'s stage (its config's epochs) from ``state``; a result if
-    the run stopped before they were done. ``total``: the run's planned epochs."""
+    """The epochs of ``job``'s stage (its config's epochs) from ``state``, in one
+    ``fit``; a result if the run stopped before they were done. ``total``: the run's
+    planned epochs."""
     training = job.config.spec.training
-    total = total or training.epochs
-    run = job.run
-    monitor = training.monitor
-    mode = monitor_mode(training, monitor)
-    stop = training.early_stopping
     guard = _Guard()
-    tensorboard = keras.callbacks.TensorBoard(str(run.file("tensorboard")), write_graph=False,
-                                              profile_batch=0)
-    callbacks = [guard, _Progress(total, job.steps_per_epoch), tensorboard]
+    tensorboard = keras.callbacks.TensorBoard(str(job.run.file("tensorboard")),
+                                              write_graph=False, profile_batch=0)
+    epochs = _Epochs(job, state, guard)
+    callbacks = [guard, _Progress(total or training.epochs, job.steps_per_epoch),
+                 tensorboard, epochs]  # (the guard first, the bookkeeping last)
     state.history = state.history or []
-    stage = {"stage": job.stage.name} if job.stage else {}
-    run.write_status(status="running", epochs=total, **stage)
-    started = time.perf_counter() - state.wall_time
+    job.run.write_status(status="running", epochs=total or training.epochs,
+                         **epochs.stage)
     with _signals_to(guard):
-        while not _training_done(training, state):
+        if not _training_done(training, state):
+            end = state.stage_start + training.epochs
+            train, val = _stage_data(job, state, end)
             try:
-                row = _epoch(job, state.epoch, callbacks)
+                job.fit_model.fit(train, validation_data=val, initial_epoch=state.epoch,
+                                  epochs=end, steps_per_epoch=job.steps_per_epoch,
+                                  verbose=0, callbacks=callbacks)
             except Exception as exc:
+                if epochs.recording:  # (the bookkeeping's own errors, as they are)
+                    raise
                 raise _crashed(job, state, exc) from None
-            if guard.bad_loss is not None:
-                return _fail_nan(job, state, guard)
-            if guard.signal is not None and guard.bad_loss is None:
-                return _interrupted(job, state, guard)
-            state.epoch += 1
-            state.history.append(row)
-            value = row[monitor]  # (checks made sure that it is logged)
-            improved = _improved(value, state.best_value, mode)
-            if improved:
-                state.best_value, state.best_epoch = value, state.epoch
-            if stop:
-                _count_patience(training, state, row)
-            state.wall_time = time.perf_counter() - started
-            _save_checkpoint(job, state, improved)
-            sys.stderr.write(_format_row(row) + ("  (best)" if improved else "") + "\n")
-            run.write_status(status="running", epochs_done=state.epoch,
-                             best={monitor: state.best_value, "epoch": state.best_epoch},
-                             final=row, wall_time=round(state.wall_time, 2), **stage)
-            if stop and state.wait > stop.patience:
-                sys.stderr.write(f"early stopping: {stop.monitor or monitor} has not "
-                                 f"improved for {state.wait} epochs\n")
-                break
+    if guard.bad_loss is not None:
+        return _fail_nan(job, state, guard)
+    if guard.signal is not None:
+        return _interrupted(job, state, guard)
     return None
+
+
+class _Epochs(keras.callbacks.Callback):
+    """The loop's work around each epoch, inside the stage's one ``fit``: before it,
+    the layers' seed; after it (validation included), its history row, checkpoint,
+    line and status, and early stopping. An epoch cut short by a signal or a non-finite
+    loss is not recorded: the last complete checkpoint stays."""
+
+    def __init__(self, job: Job, state: LoopState, guard: _Guard) -> None:
+        super().__init__()
+        self.job, self.state, self.guard = job, state, guard
+        self.stage = {"stage": job.stage.name} if job.stage else {}
+        self.started = time.perf_counter() - state.wall_time
+        self._began = 0.0
+        self.recording = False  # (while an epoch is being kept)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        seed = self.job.config.spec.training.seed
+        if seed is not None:  # layers' own randomness (dropout) per (seed, epoch)
+            keras.utils.set_random_seed(datamod.epoch_seed(seed, epoch))
+        self._began = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.bad_loss is not None or self.guard.signal is not None:
+            return
+        row = {"epoch": epoch + 1, **self.stage,
+               **{k: float(v) for k, v in (logs or {}).items()},
+               "learning_rate": current_lr(self.job.model.optimizer),
+               "seconds": round(time.perf_counter() - self._began, 3)}
+        self.recording = True
+        if self._record(row):
+            self.model.stop_training = True
+        self.recording = False
+
+    def _record(self, row: dict[str, Any]) -> bool:
+        """Keep a finished epoch (checkpoint first, then pointers, metrics, status);
+        whether early stopping ends the stage here."""
+        job, state = self.job, self.state
+        training = job.config.spec.training
+        monitor, stop = training.monitor, training.early_stopping
+        state.epoch += 1
+        state.history.append(row)
+        value = row[monitor]  # (checks made sure that it is logged)
+        improved = _improved(value, state.best_value, monitor_mode(training, monitor))
+        if improved:
+            state.best_value, state.best_epoch = value, state.epoch
+        if stop:
+            _count_patience(training, state, row)
+        state.wall_time = time.perf_counter() - self.started
+        _save_checkpoint(job, state, improved)
+        sys.stderr.write(_format_row(row) + ("  (best)" if improved else "") + "\n")
+        job.run.write_status(status="running", epochs_done=state.epoch,
+                             best={monitor: state.best_value, "epoch": state.best_epoch},
+                             final=row, wall_time=round(state.wall_time, 2), **self.stage)
+        if stop and state.wait > stop.patience:
+            sys.stderr.write(f"early stopping: {stop.monitor or monitor} has not "
+                             f"improved for {state.wait} epochs\n")
+            return True
+        return False
 
 
 # ---------------------------------------------------------------------------------------

@@ -139,13 +139,13 @@ def test_a_new_run_is_locked_from_its_first_file_until_it_ends(tmp_path, monkeyp
     created.unlock()
     assert lock_holder(created.path) is None
 
-    real_epoch = training._epoch
+    real_begin = training._Epochs.on_epoch_begin
 
-    def epoch(job, index, callbacks):
-        seen.append(lock_holder(job.run.path))
-        return real_epoch(job, index, callbacks)
+    def begin(self, epoch, logs=None):
+        seen.append(lock_holder(self.job.run.path))
+        return real_begin(self, epoch, logs)
 
-    monkeypatch.setattr(training, "_epoch", epoch)
+    monkeypatch.setattr(training._Epochs, "on_epoch_begin", begin)
     assert _train(tmp_path / "b") == 0
     run = _only_run(tmp_path / "b")
     assert [h["pid"] for h in seen[1:]] == [os.getpid()] * 2
