@@ -404,3 +404,26 @@ def test_crop_that_cannot_fit(digits_dir: str) -> None:
         {"augmentation": [{"type": "random_crop", "height": 12, "width": 12, "padding": 1}]}
     )
     assert "does not fit" in _error(cfg, data_dir=digits_dir)
+
+
+@pytest.mark.parametrize("shuffle_buffer", [10_000, 10])  # one tensor; tf.data's shuffle
+def test_training_epochs_depend_on_the_epoch_alone(digits_dir: str, shuffle_buffer: int) -> None:
+    """The loop's one dataset for a stage: epoch 3 is the same batches (order and
+    augmentation) whether the stage started at epoch 0 or resumed at 2, and each
+    epoch differs from the one before."""
+    cfg = DataConfig(shuffle_buffer=shuffle_buffer, augmentation=[
+        {"type": "random_crop", "height": 8, "width": 8, "padding": 1}])
+    steps = 5
+
+    def epochs(first: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        ds = data.training_epochs(cfg, first=first, end=4, steps=steps, batch_size=16,
+                                  seed=7, data_dir=digits_dir)
+        batches = [(x.numpy(), y.numpy()) for x, y in ds]
+        assert len(batches) == steps * (4 - first)
+        return batches
+
+    from_start, resumed = epochs(0), epochs(2)
+    for (xa, ya), (xb, yb) in zip(from_start[2 * steps:], resumed, strict=True):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+    assert not np.array_equal(from_start[0][1], from_start[steps][1])

@@ -207,3 +207,22 @@ def test_plain_keras_loads_the_runs_model_after_import_bnn_cli(finished_run: Pat
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["bnn_cli.layers", "EpochSchedule"]
+
+
+def test_one_fit_per_stage(tmp_path, data_dir, monkeypatch):
+    """The loop calls `fit` once for all of a stage's epochs (a per-epoch call set up
+    new iterators each time, which made short epochs twice as slow as a plain script)."""
+    from bnn_cli._keras import keras
+
+    calls: list[tuple[int, int]] = []
+    real_fit = keras.Model.fit
+
+    def fit(self, *args, **kwargs):
+        calls.append((kwargs["initial_epoch"], kwargs["epochs"]))
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    code, run = _train(tmp_path)
+    assert code == 0 and calls == [(0, 3)]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
