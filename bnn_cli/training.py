@@ -451,6 +451,14 @@ def _train_stage(job: Job, state: LoopState, total: int | None = None) -> TrainR
     return None
 
 
+def _has_random_layers(model: keras.Model) -> bool:
+    """Whether a layer draws random numbers while training (Keras's random layers,
+    Dropout and the like, hold a ``_random_generator``). Only then is the seed set again
+    before each epoch: that resets TensorFlow's random kernels (so a resumed epoch draws
+    what the uninterrupted one did) and costs about 150 ms an epoch."""
+    return any(hasattr(layer, "_random_generator") for layer in model.submodules)
+
+
 class _Epochs(keras.callbacks.Callback):
     """The loop's work around each epoch, inside the stage's one ``fit``: before it,
     the layers' seed; after it (validation included), its history row, checkpoint,
@@ -464,11 +472,13 @@ class _Epochs(keras.callbacks.Callback):
         self.started = time.perf_counter() - state.wall_time
         self._began = 0.0
         self.recording = False  # (while an epoch is being kept)
+        seed = job.config.spec.training.seed
+        self.reseed = seed is not None and _has_random_layers(job.fit_model)
 
     def on_epoch_begin(self, epoch, logs=None):
-        seed = self.job.config.spec.training.seed
-        if seed is not None:  # layers' own randomness (dropout) per (seed, epoch)
-            keras.utils.set_random_seed(datamod.epoch_seed(seed, epoch))
+        if self.reseed:  # layers' own randomness (dropout) per (seed, epoch)
+            keras.utils.set_random_seed(
+                datamod.epoch_seed(self.job.config.spec.training.seed, epoch))
         self._began = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -285,3 +285,39 @@ def test_eval_of_a_folder_inside_a_run_that_is_no_checkpoint(finished_run, capsy
     assert "not a checkpoint" in err and "checkpoints/epoch-NNNN" in err
     err = _eval_error(capsys, str(finished_run / "metrics.csv"))
     assert "does not read '.csv' files" in err
+
+
+def test_a_model_with_dropout_resumes_exactly(tmp_path, data_dir, monkeypatch):
+    """Dropout's masks come from TensorFlow's random kernels, which the loop resets with
+    the epoch's seed before each epoch (only for models with such layers): a run stopped
+    after epoch 1 and resumed ends with the uninterrupted run's metrics."""
+    from bnn_cli import training
+
+    text = QUICKSTART.read_text().replace(
+        "    - {type: QuantDense, units: 10}",
+        "    - {type: Dropout, rate: 0.5}\n    - {type: QuantDense, units: 10}")
+    config = tmp_path / "dropout.yaml"
+    config.write_text(text)
+    args = ["train", str(config), "training.epochs=3", "training.steps_per_epoch=6",
+            "training.batch_size=16", "training.deterministic=true"]
+    assert main([*args, "--output", str(tmp_path / "whole")]) == 0
+    original = training._save_checkpoint
+
+    def stop_after_one(job, state, improved):
+        original(job, state, improved)
+        if state.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_checkpoint", stop_after_one)
+    assert main([*args, "--output", str(tmp_path / "cut")]) == 130
+    monkeypatch.setattr(training, "_save_checkpoint", original)
+    (cut,) = (tmp_path / "cut").iterdir()
+    assert main(["train", "--resume", str(cut)]) == 0
+    (whole,) = (tmp_path / "whole").iterdir()
+
+    def rows(run):
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    for a, b in zip(rows(cut), rows(whole), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
