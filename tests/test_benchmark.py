@@ -36,8 +36,14 @@ def test_translations_are_the_same_network(config):
 def test_table_has_the_ratios():
     results = {"step": {"net": {"batch": 8, "ms_per_step": {
         "keras (full precision)": 10.0, "larq": 12.0, "bnn": 12.0}}},
-        "train": {"job": {"bnn train": {"epoch2_s": 2.0, "peak_mib": 900},
-                          "plain script": {"epoch2_s": 2.2, "peak_mib": 1000}}}}
+        "train": {"job": {"bnn train": {"epoch_s": 2.0, "peak_mib": 900},
+                          "plain script": {"epoch_s": 2.2, "peak_mib": 1000}}}}
     text = benchmark.table(results)
     assert "| net (8) | bnn | 12.0 | 0.83x | 1.00x |" in text
     assert "| job | 2.00 s | 2.20 s | 1.10 | 900 / 1000 MiB |" in text
+
+
+def test_epoch_time_is_the_median_gap_between_epoch_lines():
+    # Lines at 0, 1, 3 and 4 s: epochs 2-4 took 1, 2 and 1 s (epoch 1 has no line
+    # before it, and traces the step).
+    assert benchmark._epoch_time({"epoch_ends": [0.0, 1.0, 3.0, 4.0]}) == 1.0
