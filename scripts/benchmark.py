@@ -180,7 +180,7 @@ PLAIN_SCRIPT = textwrap.dedent("""
 
 TRAIN_CASES = {
     # name -> config, dataset, train split, validation split, batch, epochs, lr
-    "larq_mnist": ("configs/larq_mnist.yaml", "mnist", "train", "test", 64, 5, 0.001),
+    "larq_mnist": ("configs/larq_mnist.yaml", "mnist", "train", "test", 64, 6, 0.001),
     "quickstart": ("configs/quickstart.yaml", "sklearn_digits", "train[:90%]",
                    "train[90%:]", 32, 12, 0.01),
 }
@@ -432,7 +432,7 @@ def main() -> int:
         if section == "step":
             results["step"] = bench_step(args.rounds)
         elif section == "train":
-            results["train"] = bench_train(max(2, args.rounds - 1), args.data_dir)
+            results["train"] = bench_train(args.rounds, args.data_dir)
         elif section == "pipeline":
             results["pipeline"] = bench_pipeline(args.rounds, args.data_dir)
         elif section == "epoch":
