@@ -423,15 +423,15 @@ def _train_stage(job: Job, state: LoopState, total: int | None = None) -> TrainR
     ``fit``; a result if the run stopped before they were done. ``total``: the run's
     planned epochs."""
     training = job.config.spec.training
+    total = total or training.epochs
     guard = _Guard()
     tensorboard = keras.callbacks.TensorBoard(str(job.run.file("tensorboard")),
                                               write_graph=False, profile_batch=0)
     epochs = _Epochs(job, state, guard)
-    callbacks = [guard, _Progress(total or training.epochs, job.steps_per_epoch),
+    callbacks = [guard, _Progress(total, job.steps_per_epoch),
                  tensorboard, epochs]  # (the guard first, the bookkeeping last)
     state.history = state.history or []
-    job.run.write_status(status="running", epochs=total or training.epochs,
-                         **epochs.stage)
+    job.run.write_status(status="running", epochs=total, **epochs.stage)
     with _signals_to(guard):
         if not _training_done(training, state):
             end = state.stage_start + training.epochs
@@ -472,13 +472,13 @@ class _Epochs(keras.callbacks.Callback):
         self.started = time.perf_counter() - state.wall_time
         self._began = 0.0
         self.recording = False  # (while an epoch is being kept)
+        # (None: no seed, or no layer that draws random numbers)
         seed = job.config.spec.training.seed
-        self.reseed = seed is not None and _has_random_layers(job.fit_model)
+        self.seed = seed if _has_random_layers(job.fit_model) else None
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.reseed:  # layers' own randomness (dropout) per (seed, epoch)
-            keras.utils.set_random_seed(
-                datamod.epoch_seed(self.job.config.spec.training.seed, epoch))
+        if self.seed is not None:  # layers' own randomness (dropout) per (seed, epoch)
+            keras.utils.set_random_seed(datamod.epoch_seed(self.seed, epoch))
         self._began = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
