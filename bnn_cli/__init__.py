@@ -17,7 +17,6 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
-from collections.abc import Callable
 
 # Must happen before TensorFlow is imported anywhere in the process, so that `tf.keras`
 # (used by Larq and by the Larq Compute Engine converter) is the same tf-keras we use.
@@ -29,32 +28,39 @@ _SUBMODULES = {
     "activations",
     "callbacks",
     "constraints",
+    "context",
     "layers",
     "math",
     "metrics",
     "models",
     "optimizers",
+    "quantized_variable",
     "quantizers",
     "registry",
     "schedules",
+    "utils",
 }
 
-__all__ = sorted(_SUBMODULES | {"__version__"})
+# The Python API (:mod:`bnn_cli.api`), loaded on first use: `bnn_cli.train(...)`.
+_API = {"Run", "UserError", "check", "evaluate", "export", "predict", "resume", "train"}
+
+__all__ = sorted(_SUBMODULES | _API | {"__version__"})
 
 
-class _WhenImported(importlib.abc.MetaPathFinder):
-    """Runs ``then()`` once all of ``names`` have been imported, completely.
+class _RegisterBuiltins(importlib.abc.MetaPathFinder):
+    """Registers bnn_cli's built-in components once Keras is in and no import is half-done.
 
-    TensorFlow and tf-keras import each other while they initialize, and TensorFlow
-    probes for tf-keras with ``find_spec`` first; so each import of one of them is
-    watched (not the first lookup), and ``then()`` waits until neither is half-done.
+    The one trigger of :func:`bnn_cli.registry.load_builtins`, which imports every module
+    that defines built-ins: ``keras.models.load_model`` must find all of them whichever
+    bnn_cli module a user imported, or none (``import bnn_cli`` before TensorFlow).
+    Registering in the middle of an import would re-enter a half-initialized module (a
+    user's ``import bnn_cli.layers`` imports TensorFlow before ``layers`` defines its
+    names), so this finder watches each import of TensorFlow, tf-keras and bnn_cli's
+    own modules, and registers after the last of them has finished running.
     """
 
-    def __init__(self, names: tuple[str, ...], then: Callable[[], object]):
-        self.names, self.then = names, then
-
     def find_spec(self, fullname, path, target=None):
-        if fullname not in self.names:
+        if fullname not in _KERAS and not fullname.startswith(f"{__name__}."):
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is not None and spec.loader is not None:
@@ -62,41 +68,45 @@ class _WhenImported(importlib.abc.MetaPathFinder):
 
             def exec_module(module):
                 run_module(module)
-                self._maybe_done(fullname)
+                self.maybe_register(done=fullname)  # (still marked as initializing)
 
             spec.loader.exec_module = exec_module
         return spec
 
-    def _maybe_done(self, just_run: str) -> None:
-        others = [sys.modules.get(n) for n in self.names if n != just_run]
-        if self in sys.meta_path and all(m is not None and not _initializing(m)
-                                         for m in others):
+    def maybe_register(self, done: str = "") -> None:
+        if self in sys.meta_path and _keras_is_in(done) and not _half_imported(done):
             sys.meta_path.remove(self)
-            self.then()
+            importlib.import_module(f"{__name__}.registry").load_builtins()
+
+
+_KERAS = ("tensorflow", "tf_keras")
 
 
 def _initializing(module: object) -> bool:
     return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
-def _register_builtins() -> None:
-    # bnn_cli._keras registers the built-ins once TensorFlow is in; if it is what is
-    # importing TensorFlow right now, it will when it is done.
-    keras_module = sys.modules.get(f"{__name__}._keras")
-    if keras_module is None or not _initializing(keras_module):
-        importlib.import_module(f"{__name__}._keras")
-        importlib.import_module(f"{__name__}.registry").load_builtins()
+def _keras_is_in(done: str) -> bool:
+    return all(name in sys.modules and (name == done or not _initializing(sys.modules[name]))
+               for name in _KERAS)
 
 
-_KERAS = ("tensorflow", "tf_keras")
-if all(name in sys.modules for name in _KERAS):
-    _register_builtins()
-else:
-    sys.meta_path.insert(0, _WhenImported(_KERAS, _register_builtins))
+def _half_imported(done: str) -> bool:
+    """Whether a bnn_cli module other than ``done`` (and this package's ``__init__``) is
+    still running."""
+    return any(_initializing(module) for name, module in list(sys.modules.items())
+               if name.startswith(f"{__name__}.") and name != done)
+
+
+_REGISTER = _RegisterBuiltins()
+sys.meta_path.insert(0, _REGISTER)
+_REGISTER.maybe_register()  # TensorFlow and tf-keras may be in already
 
 
 def __getattr__(name: str):
     # Lazy submodules: `import bnn_cli as bnn; bnn.quantizers.SteSign` works like Larq.
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _API:
+        return getattr(importlib.import_module(f"{__name__}.api"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

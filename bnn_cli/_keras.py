@@ -5,7 +5,6 @@ Every other module does ``from bnn_cli._keras import keras, tf``. Keras is tf-ke
 """
 
 import contextlib
-import importlib
 import os
 import sys
 
@@ -46,8 +45,3 @@ with _quiet_native_stderr():
     tf.config.list_physical_devices()
 
 __all__ = ["keras", "tf"]
-
-# With Keras in, every built-in component is registered with it (and with the registry),
-# so that anything bnn_cli saved loads again, whichever bnn_cli module was imported.
-# (Modules that import this one while it runs get it complete: `tf` and `keras` exist.)
-importlib.import_module("bnn_cli.registry").load_builtins()

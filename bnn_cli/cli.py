@@ -66,7 +66,7 @@ def _show(report: Any, json_: bool) -> None:
 
 
 def _import_plugins(plugins: list[str] | None) -> None:
-    from bnn_cli.spec.plugins import import_plugin
+    from bnn_cli.config.plugins import import_plugin
 
     for plugin in plugins or []:
         import_plugin(plugin)
@@ -94,8 +94,8 @@ def _list_components(kind: str, json_: bool, plugins: list[str] | None,
 
     _import_plugins(plugins)
     if config is not None:
-        from bnn_cli.spec.plugins import load_plugins
-        from bnn_cli.spec.schema import load_config
+        from bnn_cli.config.plugins import load_plugins
+        from bnn_cli.config.schema import load_config
 
         load_plugins(load_config(config))
     load_builtins()
@@ -143,10 +143,10 @@ def check(
         show_default=False)] = None,
 ) -> None:
     """Validate a config, build its model and print the summary (no training)."""
-    from bnn_cli.spec.report import check_config
+    from bnn_cli import api
 
-    report = check_config(config, overrides or [], plugins=plugin or [], data_dir=data_dir,
-                          target=target)
+    report = api.check(config, *(overrides or []), plugins=plugin or [], data_dir=data_dir,
+                       target=target)
     _show(report, json_)
 
 
@@ -170,13 +170,13 @@ def plot_quantizers(
 def schema(output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write to this file instead of stdout.")] = None) -> None:
     """Print the JSON Schema of config files (for editors' YAML completion)."""
-    from bnn_cli.spec.schema import json_schema
+    from bnn_cli.config.schema import json_schema
 
     text = json.dumps(json_schema(), indent=2)
     if output is None:
         typer.echo(text)
     else:
-        from bnn_cli.runs import atomic_write_text
+        from bnn_cli.rundir.run import atomic_write_text
 
         atomic_write_text(output, text + "\n")
         typer.echo(f"wrote {output}", err=True)
@@ -200,19 +200,19 @@ def train(
     trust_plugins: TrustPlugins = False,
 ) -> None:
     """Train the model a config describes; writes a run directory."""
-    from bnn_cli.training import resume_run, train_from_config
+    from bnn_cli import api
 
     if resume is not None:
         _refuse_overrides_on_resume(config, overrides or [], resume)
-        result = resume_run(resume, data_dir=data_dir, config_path=config,
+        result = api.resume(resume, data_dir=data_dir, config=config,
                             trust_plugins=trust_plugins)
     elif config is None:
         raise _click_exceptions().UsageError(
             "Missing argument 'CONFIG': give the YAML config to train (e.g. bnn train "
             "configs/quickstart.yaml), or --resume RUN_DIR to continue a run.", ctx)
     else:
-        result = train_from_config(config, overrides or [], output_root=output,
-                                   data_dir=data_dir, plugins=plugin or [])
+        result = api.train(config, *(overrides or []), output=output, data_dir=data_dir,
+                           plugins=plugin or [])
     raise typer.Exit(result.exit_code)
 
 
@@ -244,10 +244,10 @@ def evaluate(
     trust_plugins: TrustPlugins = False,
 ) -> None:
     """Evaluate a trained model on a dataset split and print its metrics."""
-    from bnn_cli.evaluation import evaluate_target
+    from bnn_cli import api
 
-    report = evaluate_target(target, split=split, checkpoint=checkpoint, data_dir=data_dir,
-                             config=config, trust_plugins=trust_plugins)
+    report = api.evaluate(target, split=split, checkpoint=checkpoint, data_dir=data_dir,
+                          config=config, trust_plugins=trust_plugins)
     _show(report, json_)
     if report.unsaved:  # (after the result, which is what counts)
         typer.echo(f"warning: {report.unsaved}", err=True)
@@ -278,11 +278,11 @@ def export(
     trust_plugins: TrustPlugins = False,
 ) -> None:
     """Export a trained model for inference and check it against the trained model."""
-    from bnn_cli.export import export_target
+    from bnn_cli import api
 
-    report = export_target(target, fmt=format_, output=output, checkpoint=checkpoint,
-                           latent=latent, data_dir=data_dir, config=config,
-                           trust_plugins=trust_plugins, int8=int8)
+    report = api.export(target, format=format_, output=output, checkpoint=checkpoint,
+                        latent=latent, data_dir=data_dir, config=config,
+                        trust_plugins=trust_plugins, int8=int8)
     _show(report, json_)
 
 
@@ -299,7 +299,7 @@ def benchmark_model(
     json_: JsonFlag = False,
 ) -> None:
     """Time inference of an exported .tflite per example, next to its float32 model."""
-    from bnn_cli.latency import benchmark
+    from bnn_cli.deploy.latency import benchmark
 
     report = benchmark(file, threads=threads, runs=runs, warmup=warmup, baseline=baseline)
     _show(report, json_)
@@ -328,11 +328,11 @@ def predict(
     trust_plugins: TrustPlugins = False,
 ) -> None:
     """Print the most probable classes for image files or a split's examples."""
-    from bnn_cli.prediction import predict_target
+    from bnn_cli import api
 
-    report = predict_target(target, inputs or [], split=split, top_k=top_k,
-                            checkpoint=checkpoint, data_dir=data_dir, config=config,
-                            trust_plugins=trust_plugins)
+    report = api.predict(target, inputs or [], split=split, top_k=top_k,
+                         checkpoint=checkpoint, data_dir=data_dir, config=config,
+                         trust_plugins=trust_plugins)
     _show(report, json_)
 
 

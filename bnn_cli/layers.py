@@ -21,6 +21,8 @@ from bnn_cli import activations as _activations  # noqa: F401  registers "hard_t
 from bnn_cli import constraints as _constraints  # noqa: F401  registers "weight_clip"
 from bnn_cli import quantizers
 from bnn_cli._keras import keras, tf
+from bnn_cli.context import should_quantize
+from bnn_cli.quantized_variable import QuantizedVariable
 from bnn_cli.registry import REGISTRY, NamedActivation, Param, register, signature_params
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,11 @@ __all__ = [
     "QuantLocallyConnected2D",
     "QuantSeparableConv1D",
     "QuantSeparableConv2D",
+    "QuantizerBase",
+    "QuantizerBaseConv",
+    "QuantizerDepthwiseBase",
     "QuantizerMixin",
+    "QuantizerSeparableBase",
 ]
 
 
@@ -155,6 +161,40 @@ class QuantizerMixin:
             for arg, attr in self._quantized_weights
         }
 
+    # Inside quantized_scope(True), weights read out of the layer are the quantized ones
+    # (as Larq's QuantizedVariable kernels): get_weights, weights, saving to .h5/.keras.
+
+    def _scoped(self, variables: list) -> list:
+        """``variables``, the quantized ones as QuantizedVariable views in the scope."""
+        if not should_quantize():
+            return variables
+        views = {}
+        for arg, attr in self._quantized_weights:
+            quantizer, variable = getattr(self, arg), getattr(self, attr, None)
+            if quantizer is not None and variable is not None:
+                # The values alone: neither the quantizer layer's metrics nor its dtype.
+                views[id(variable)] = QuantizedVariable.from_variable(
+                    variable, getattr(quantizer, "quantize", quantizer),
+                    getattr(quantizer, "precision", None))
+        return [views.get(id(v), v) for v in variables]
+
+    @property
+    def trainable_weights(self):
+        return self._scoped(super().trainable_weights)
+
+    @property
+    def non_trainable_weights(self):
+        return self._scoped(super().non_trainable_weights)
+
+    def save_own_variables(self, store):
+        # Keras's own (for .keras files) reads its private lists, not the properties above;
+        # this is it, on the scoped variables.
+        if not should_quantize():
+            return super().save_own_variables(store)
+        own = self._scoped(self._trainable_weights + self._non_trainable_weights)
+        for i, variable in enumerate(own):
+            store[f"{i}"] = variable.numpy()
+
     def get_config(self):
         config = {**super().get_config(),
                   "input_quantizer": quantizers.serialize(self.input_quantizer)}
@@ -228,7 +268,39 @@ _SEPARABLE = (("depthwise_quantizer", "depthwise_kernel"),
               ("pointwise_quantizer", "pointwise_kernel"))
 
 
-class QuantDense(QuantizerMixin, keras.layers.Dense):
+# Larq's base classes, for layers written the Larq way:
+# ``class MyDense(QuantizerBase, keras.layers.Dense)`` is a quantized Dense. A layer whose
+# variables have other names lists them in ``_quantized_weights`` (Larq: ``_get_quantizer``).
+
+
+class QuantizerBase(QuantizerMixin, keras.layers.Layer):
+    """Base class of quantized layers with one kernel: ``input_quantizer`` and
+    ``kernel_quantizer`` (for the ``kernel`` variable)."""
+
+    _quantized_weights = (("kernel_quantizer", "kernel"),)
+
+
+class QuantizerDepthwiseBase(QuantizerMixin, keras.layers.Layer):
+    """Base class of depthwise quantized layers: ``input_quantizer`` and
+    ``depthwise_quantizer`` (for the ``depthwise_kernel`` variable)."""
+
+    _quantized_weights = _DEPTHWISE
+
+
+class QuantizerSeparableBase(QuantizerMixin, keras.layers.Layer):
+    """Base class of separable quantized layers: ``input_quantizer``,
+    ``depthwise_quantizer`` and ``pointwise_quantizer`` (for ``depthwise_kernel`` and
+    ``pointwise_kernel``)."""
+
+    _quantized_weights = _SEPARABLE
+
+
+class QuantizerBaseConv(PadValuesMixin, keras.layers.Layer):
+    """Base class of quantized convolutions: adds ``pad_values`` (see
+    :class:`PadValuesMixin`). Combine with one of the quantizer bases above."""
+
+
+class QuantDense(QuantizerBase, keras.layers.Dense):
     """Densely connected layer with quantized inputs and kernel.
 
     ``y = activation(q_input(x) @ q_kernel(w) + b)``. Takes every ``keras.layers.Dense``
@@ -236,11 +308,11 @@ class QuantDense(QuantizerMixin, keras.layers.Dense):
     """
 
 
-class QuantConv1D(QuantizerMixin, PadValuesMixin, keras.layers.Conv1D):
+class QuantConv1D(QuantizerBase, QuantizerBaseConv, keras.layers.Conv1D):
     """1D convolution with quantized inputs and kernel, and ``pad_values``."""
 
 
-class QuantConv2D(QuantizerMixin, PadValuesMixin, keras.layers.Conv2D):
+class QuantConv2D(QuantizerBase, QuantizerBaseConv, keras.layers.Conv2D):
     """2D convolution with quantized inputs and kernel, and ``pad_values``.
 
     ``y = activation(conv2d(q_input(x), q_kernel(w)) + b)``; with ``padding="same"`` the
@@ -248,41 +320,38 @@ class QuantConv2D(QuantizerMixin, PadValuesMixin, keras.layers.Conv2D):
     """
 
 
-class QuantConv3D(QuantizerMixin, PadValuesMixin, keras.layers.Conv3D):
+class QuantConv3D(QuantizerBase, QuantizerBaseConv, keras.layers.Conv3D):
     """3D convolution with quantized inputs and kernel, and ``pad_values``."""
 
 
-class QuantDepthwiseConv2D(QuantizerMixin, PadValuesMixin, keras.layers.DepthwiseConv2D):
+class QuantDepthwiseConv2D(QuantizerDepthwiseBase, QuantizerBaseConv,
+                           keras.layers.DepthwiseConv2D):
     """Depthwise 2D convolution with quantized inputs and ``depthwise_quantizer``."""
 
-    _quantized_weights = _DEPTHWISE
 
-
-class QuantSeparableConv1D(QuantizerMixin, PadValuesMixin, keras.layers.SeparableConv1D):
+class QuantSeparableConv1D(QuantizerSeparableBase, QuantizerBaseConv,
+                           keras.layers.SeparableConv1D):
     """Separable 1D convolution with ``depthwise_quantizer`` and ``pointwise_quantizer``."""
 
-    _quantized_weights = _SEPARABLE
 
-
-class QuantSeparableConv2D(QuantizerMixin, PadValuesMixin, keras.layers.SeparableConv2D):
+class QuantSeparableConv2D(QuantizerSeparableBase, QuantizerBaseConv,
+                           keras.layers.SeparableConv2D):
     """Separable 2D convolution with ``depthwise_quantizer`` and ``pointwise_quantizer``."""
 
-    _quantized_weights = _SEPARABLE
 
-
-class QuantConv2DTranspose(QuantizerMixin, keras.layers.Conv2DTranspose):
+class QuantConv2DTranspose(QuantizerBase, keras.layers.Conv2DTranspose):
     """Transposed 2D convolution with quantized inputs and kernel."""
 
 
-class QuantConv3DTranspose(QuantizerMixin, keras.layers.Conv3DTranspose):
+class QuantConv3DTranspose(QuantizerBase, keras.layers.Conv3DTranspose):
     """Transposed 3D convolution with quantized inputs and kernel."""
 
 
-class QuantLocallyConnected1D(QuantizerMixin, keras.layers.LocallyConnected1D):
+class QuantLocallyConnected1D(QuantizerBase, keras.layers.LocallyConnected1D):
     """Locally connected 1D layer (unshared weights) with quantized inputs and kernel."""
 
 
-class QuantLocallyConnected2D(QuantizerMixin, keras.layers.LocallyConnected2D):
+class QuantLocallyConnected2D(QuantizerBase, keras.layers.LocallyConnected2D):
     """Locally connected 2D layer (unshared weights) with quantized inputs and kernel."""
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bnn_cli.runs import atomic_write_bytes
+from bnn_cli.config.monitor import best_epochs, guess_mode
+from bnn_cli.rundir.run import atomic_write_bytes
 
 
 def _pyplot():
@@ -63,26 +64,6 @@ def _epoch_axis(ax: Any) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
-
-
-def guess_mode(monitor: str) -> str:
-    """Whether a metric improves downwards: the rule of ``training.monitor_mode: auto``."""
-    return "min" if "loss" in monitor or "error" in monitor else "max"
-
-
-def best_epochs(history: list[dict[str, Any]], monitor: str, mode: str) -> list[int]:
-    """The epoch with the best ``monitor`` (one per stage of a multi-stage run: each
-    stage selects its own), as the run's checkpoints chose them (the first of ties)."""
-    best: dict[Any, tuple[float, int]] = {}
-    for row in history:
-        value = row.get(monitor)
-        if not isinstance(value, (int, float)) or value != value:  # (NaN)
-            continue
-        stage = row.get("stage")
-        old = best.get(stage)
-        if old is None or (value < old[0] if mode == "min" else value > old[0]):
-            best[stage] = (value, row["epoch"])
-    return [epoch for _, epoch in best.values()]
 
 
 def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 from bnn_cli._keras import keras, tf
@@ -12,12 +13,16 @@ __all__ = ["EpochSchedule"]
 
 
 class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A :class:`~bnn_cli.spec.schema.Schedule` (written in epochs) evaluated per step.
+    """A :class:`~bnn_cli.config.schema.Schedule` (written in epochs) evaluated per step.
 
     Warm-up rises linearly from ``initial / warmup_steps`` to ``initial``; then:
     constant; exponential ``initial * decay_rate^(t / decay_epochs)``; piecewise
     constant over epoch ``boundaries``; cosine from ``initial`` to ``alpha * initial``
     over the remaining epochs (``t`` in epochs after warm-up).
+
+    ``schedule`` is a complete, validated ``training.learning_rate`` mapping (every key of
+    :class:`~bnn_cli.config.schema.Schedule`, as its ``model_dump()`` gives): the config
+    checks it once, so it is read here as it is.
     """
 
     def __init__(self, schedule: dict[str, Any], steps_per_epoch: int, total_epochs: int):
@@ -26,9 +31,7 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.total_epochs = int(total_epochs)
 
     def __call__(self, step):
-        from bnn_cli.spec.schema import Schedule
-
-        s = Schedule(**self.schedule)
+        s = SimpleNamespace(**self.schedule)
         step = tf.cast(step, tf.float32)
         spe = float(max(self.steps_per_epoch, 1))
         warmup = s.warmup_epochs * spe

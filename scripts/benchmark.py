@@ -58,8 +58,8 @@ SECTIONS = ("step", "train", "pipeline", "epoch", "startup")
 
 def bnn_model(config: str, overrides: list[str] | None = None):
     """The network of a config, built by bnn_cli (no dataset needed)."""
-    from bnn_cli.spec.builder import build_model
-    from bnn_cli.spec.checks import check
+    from bnn_cli.build.check import check
+    from bnn_cli.build.model import build_model
 
     checked = check(ROOT / config, overrides or [], allow_unprepared_data=True)
     return build_model(checked)
@@ -154,7 +154,7 @@ PLAIN_SCRIPT = textwrap.dedent("""
     import tensorflow_datasets as tfds
     import tf_keras as keras
     sys.path.insert(0, {scripts!r})
-    import bnn_cli.digits  # (registers the embedded digits builder with TFDS)
+    import bnn_cli.data.digits  # (registers the embedded digits builder with TFDS)
     from benchmark import bnn_model, translate
 
     config, dataset, train_split, val_split, batch, epochs, lr, data_dir, out = sys.argv[1:]
@@ -249,9 +249,9 @@ def _epoch_time(run: dict[str, Any]) -> float:
 
 
 def bench_pipeline(rounds: int, data_dir: str) -> dict[str, Any]:
-    from bnn_cli import data as datamod
-    from bnn_cli.spec.builder import build_model
-    from bnn_cli.spec.checks import check
+    from bnn_cli.build.check import check
+    from bnn_cli.build.model import build_model
+    from bnn_cli.data import pipeline as datamod
 
     checked = check(ROOT / "configs/larq_mnist.yaml", ["data.train_split=train"],
                     data_dir=data_dir)
@@ -291,10 +291,12 @@ def bench_epoch(rounds: int, data_dir: str) -> dict[str, Any]:
     the first): the steps, the validation, the other callbacks' epoch end (TensorBoard),
     and the bookkeeping (checkpoint, pointers, metrics, run.json). Building the stage's
     pipelines, once per stage, is timed too."""
-    from bnn_cli import training
     from bnn_cli._keras import keras
-    from bnn_cli.runs import RunDir
-    from bnn_cli.spec.checks import check
+    from bnn_cli.build import job as jobs
+    from bnn_cli.build.check import check
+    from bnn_cli.rundir.run import RunDir
+    from bnn_cli.train import callbacks, loop
+    from bnn_cli.train import state as loopstate
 
     checked = check(ROOT / "configs/quickstart.yaml", [f"training.epochs={rounds + 1}"],
                     data_dir=data_dir or None)
@@ -322,13 +324,13 @@ def bench_epoch(rounds: int, data_dir: str) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir.create(tmp, "epoch")
-        job = training.prepare(checked, run)
-        state = training.LoopState(history=[])
+        job = jobs.prepare(checked, run)
+        state = loopstate.LoopState(history=[])
         start = time.perf_counter()
-        train, val = training._stage_data(job, state, rounds + 1)
+        train, val = loop._stage_data(job, state, rounds + 1)
         pipelines = 1000 * (time.perf_counter() - start)
-        guard = training._Guard()
-        epochs = training._Epochs(job, state, guard)
+        guard = callbacks.Guard()
+        epochs = callbacks.Epochs(job, state, guard)
         tensorboard = keras.callbacks.TensorBoard(str(run.file("tensorboard")),
                                                   write_graph=False, profile_batch=0)
 

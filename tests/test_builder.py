@@ -9,11 +9,11 @@ import pytest
 from conftest import dataset_for
 
 from bnn_cli import quantizers
+from bnn_cli.build.check import check
+from bnn_cli.build.model import build_model
+from bnn_cli.config.schema import ConfigError
 from bnn_cli.constraints import WeightClip
 from bnn_cli.layers import QuantConv2D, QuantDense
-from bnn_cli.spec.builder import build_model
-from bnn_cli.spec.checks import check
-from bnn_cli.spec.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,8 @@ import pytest
 from conftest import train_tiny
 
 from bnn_cli.cli import main
-from bnn_cli.plots import best_epochs, plot_history, plot_sweep
+from bnn_cli.config.monitor import best_epochs
+from bnn_cli.plots import plot_history, plot_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
 LR = "training.learning_rate.initial"

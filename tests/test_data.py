@@ -21,9 +21,10 @@ from bnn_cli._keras import tf
 import tensorflow_datasets as tfds
 from conftest import catalog_metadata
 
-from bnn_cli import data, digits
+from bnn_cli.config.schema import DataConfig
+from bnn_cli.data import digits
+from bnn_cli.data import pipeline as data
 from bnn_cli.errors import UserError
-from bnn_cli.spec.schema import DataConfig
 
 SHARED_TFDS = Path(__file__).resolve().parents[2] / "shared" / "tfds"
 DIGITS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)  # per class, sklearn

@@ -12,8 +12,9 @@ from conftest import QUICKSTART, ROOT, dataset_for, train_tiny
 
 import bnn_cli as bnn
 from bnn_cli._keras import keras, tf
+from bnn_cli.build.deployability import is_binary_filter, lce_report
 from bnn_cli.cli import main
-from bnn_cli.deployability import compare_with_file, is_binary_filter, lce_report
+from bnn_cli.deploy.lce_check import compare_with_file
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 BINARY = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign",
@@ -156,8 +157,8 @@ def test_channel_advice():
 
 
 def shipped_model(config: Path, tmp_path):
-    from bnn_cli.spec.builder import build_model
-    from bnn_cli.spec.checks import check
+    from bnn_cli.build.check import check
+    from bnn_cli.build.model import build_model
 
     dataset = yaml.safe_load(config.read_text())["data"]["dataset"]
     with dataset_for(dataset, tmp_path) as data_dir:
@@ -172,8 +173,8 @@ EXPECTED_BINARY = {"quickstart": 2, "larq_mnist": 2, "binarynet_cifar10": 5,
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_prediction_matches_the_converted_file(config, tmp_path):
     """The issue's done-criterion, on every shipped config."""
-    from bnn_cli.export import inference_model
-    from bnn_cli.runtimes import lce_operators
+    from bnn_cli.deploy.export import inference_model
+    from bnn_cli.deploy.runtimes import lce_operators
 
     model = shipped_model(config, tmp_path)
     flatbuffer = lce().convert_keras_model(inference_model(model))
@@ -196,7 +197,7 @@ bnn.quantizers.register_quantizer(_cast_sign, name="test_cast_sign", precision=1
 
 
 def test_a_file_that_differs_is_reported_by_layer():
-    from bnn_cli.export import inference_model
+    from bnn_cli.deploy.export import inference_model
 
     inp = keras.Input((8, 8, 32))
     x = bnn.layers.QuantConv2D(32, 3, name="fused", **BINARY)(inp)
@@ -210,7 +211,7 @@ def test_a_file_that_differs_is_reported_by_layer():
 
 
 def test_a_file_of_another_model_is_reported(tmp_path):
-    from bnn_cli.export import inference_model
+    from bnn_cli.deploy.export import inference_model
 
     model = shipped_model(QUICKSTART, tmp_path)
     other = keras.models.clone_model(model)  # same layers, fresh (different) kernels
@@ -293,9 +294,9 @@ ZOO = sorted((ROOT / "configs" / "zoo").glob("*.yaml"))
 def test_prediction_matches_the_converted_file_for_the_zoo(config):
     """The same criterion on the zoo's ImageNet-size networks (ImageNet is not
     prepared here: the model is checked and built from its given input shape)."""
-    from bnn_cli.export import inference_model
-    from bnn_cli.spec.builder import build_model
-    from bnn_cli.spec.checks import check
+    from bnn_cli.build.check import check
+    from bnn_cli.build.model import build_model
+    from bnn_cli.deploy.export import inference_model
 
     model = build_model(check(config, allow_unprepared_data=True))
     flatbuffer = lce().convert_keras_model(inference_model(model))

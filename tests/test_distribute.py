@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnn_cli import distribute
-from bnn_cli.spec.checks import check
-from bnn_cli.spec.schema import ConfigError
+from bnn_cli.build import strategy as distribute
+from bnn_cli.build.check import check
+from bnn_cli.config.schema import ConfigError
 
 # No batch normalization: Keras normalizes each replica's share of the batch, so a net
 # with it trains differently on N replicas than on one (by design, not a bug here).
@@ -120,7 +120,7 @@ def _result(run: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """run.json, and the last checkpoint's variables (model and optimizer)."""
     import tensorflow as tf
 
-    from bnn_cli.runs import RunDir
+    from bnn_cli.rundir.run import RunDir
 
     status = json.loads((run / "run.json").read_text())
     reader = tf.train.load_checkpoint(RunDir(run).load_checkpoint("last").prefix)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bnn_cli import evaluation
 from bnn_cli.cli import main
+from bnn_cli.deploy import evaluate as evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -291,7 +291,7 @@ def test_a_model_with_dropout_resumes_exactly(tmp_path, data_dir, monkeypatch):
     """Dropout's masks come from TensorFlow's random kernels, which the loop resets with
     the epoch's seed before each epoch (only for models with such layers): a run stopped
     after epoch 1 and resumed ends with the uninterrupted run's metrics."""
-    from bnn_cli import training
+    from bnn_cli.train import callbacks
 
     text = QUICKSTART.read_text().replace(
         "    - {type: QuantDense, units: 10}",
@@ -301,16 +301,16 @@ def test_a_model_with_dropout_resumes_exactly(tmp_path, data_dir, monkeypatch):
     args = ["train", str(config), "training.epochs=3", "training.steps_per_epoch=6",
             "training.batch_size=16", "training.deterministic=true"]
     assert main([*args, "--output", str(tmp_path / "whole")]) == 0
-    original = training._save_checkpoint
+    original = callbacks._save_checkpoint
 
     def stop_after_one(job, state, improved):
         original(job, state, improved)
         if state.epoch == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "_save_checkpoint", stop_after_one)
+    monkeypatch.setattr(callbacks, "_save_checkpoint", stop_after_one)
     assert main([*args, "--output", str(tmp_path / "cut")]) == 130
-    monkeypatch.setattr(training, "_save_checkpoint", original)
+    monkeypatch.setattr(callbacks, "_save_checkpoint", original)
     (cut,) = (tmp_path / "cut").iterdir()
     assert main(["train", "--resume", str(cut)]) == 0
     (whole,) = (tmp_path / "whole").iterdir()

@@ -21,7 +21,7 @@ def run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(run):
     """The trained model (best checkpoint) and the test split's inputs, loaded here."""
-    from bnn_cli.export import load_trained, split_inputs
+    from bnn_cli.deploy.export import load_trained, split_inputs
 
     job, _, _ = load_trained(run, checkpoint="best", data_dir=None, config=None,
                              trust_plugins=False)
@@ -35,7 +35,7 @@ def export(*args: str, capsys) -> dict:
     return json.loads(capsys.readouterr().out)  # stdout is the JSON alone
 
 
-# Each runtime loads the file here independently of bnn_cli.export's own check.
+# Each runtime loads the file here independently of bnn_cli.deploy.export's own check.
 def _keras_predict(path: Path, x: np.ndarray) -> np.ndarray:
     from bnn_cli.models import load_model
 
@@ -125,7 +125,7 @@ def test_inference_model_quantizes_every_kernel_kind():
     kernels are replaced too; predictions do not change."""
     import bnn_cli as bnn
     from bnn_cli._keras import keras
-    from bnn_cli.export import inference_model
+    from bnn_cli.deploy.export import inference_model
 
     inp = keras.Input((6, 6, 3))
     x = bnn.layers.QuantConv2D(4, 3, kernel_quantizer="magnitude_aware_sign",
@@ -243,7 +243,7 @@ def test_model_file_outside_a_run_needs_a_config(run, tmp_path, capsys):
 def test_int8_quantizes_real_layers_and_reports_accuracy(run, trained, capsys):
     """--int8: a smaller flatbuffer with int8 tensors, float input/output, and the
     accuracy change on the test split measured as a user would measure it."""
-    from bnn_cli.export import load_trained, split_examples
+    from bnn_cli.deploy.export import load_trained, split_examples
 
     report = export(run, "--format", "tflite", "--int8", capsys=capsys)
     path = Path(report["path"])
@@ -288,7 +288,7 @@ def larq_model(run):
     import larq as lq
 
     from bnn_cli._keras import keras
-    from bnn_cli.export import load_trained, split_examples
+    from bnn_cli.deploy.export import load_trained, split_examples
 
     job, _, _ = load_trained(run, checkpoint="best", data_dir=None, config=None,
                              trust_plugins=False)
@@ -339,7 +339,7 @@ def test_larq_trained_models_export(larq_model, tmp_path, suffix, fmt, capsys):
     model.save(saved)
     report = export(saved, "--format", fmt, "--config", QUICKSTART, capsys=capsys)
     assert report["checkpoint"] is None
-    from bnn_cli.runtimes import load
+    from bnn_cli.deploy.runtimes import load
 
     actual = load(report["path"]).predict(x)
     assert (actual.argmax(-1) == expected.argmax(-1)).mean() == 1.0

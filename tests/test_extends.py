@@ -6,8 +6,8 @@ import shutil
 import pytest
 from conftest import QUICKSTART, TINY
 
+from bnn_cli.build.check import check
 from bnn_cli.cli import main
-from bnn_cli.spec.checks import check
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 
 from bnn_cli.cli import main
 from bnn_cli.errors import UserError
-from bnn_cli.runs import MANIFEST, RunDir, atomic_write_text
+from bnn_cli.rundir.run import MANIFEST, RunDir, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

@@ -82,7 +82,7 @@ def test_the_text_report(exports, capsys):
 
 def test_rounds_alternate_between_files():
     """Each round times every file once, so noise hits them alike."""
-    from bnn_cli.latency import _alternate
+    from bnn_cli.deploy.latency import _alternate
 
     calls: list[str] = []
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from conftest import QUICKSTART, train_tiny
 
-from bnn_cli import precision, quantizers
+from bnn_cli import quantizers
 from bnn_cli._keras import keras, tf
+from bnn_cli.build import mixed_precision as precision
 from bnn_cli.registry import REGISTRY, load_builtins
 
 POLICIES = {"mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
@@ -62,7 +63,7 @@ def test_quantizers_match_float32(policy, name):
 
 
 def _model(policy: str | None) -> keras.Model:
-    from bnn_cli.spec.checks import check
+    from bnn_cli.build.check import check
 
     return precision.build_model(check(QUICKSTART, []), policy)
 
@@ -89,7 +90,7 @@ CASE_BOP = "training.optimizer={type: case, binary: {type: Bop}, default: {type:
 
 
 def _checkpoint_variables(run) -> dict[str, np.ndarray]:
-    from bnn_cli.runs import RunDir
+    from bnn_cli.rundir.run import RunDir
 
     reader = tf.train.load_checkpoint(RunDir(run).load_checkpoint("last").prefix)
     return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
@@ -112,7 +113,7 @@ def test_bnn_trains_in_mixed_precision(tmp_path, policy):
     assert bool(scaled) == (policy == "mixed_float16"), scaled
     assert keras.mixed_precision.global_policy().name == "float32"
     # Evaluated and exported in float32 (its weights are float32; LCE takes no other).
-    from bnn_cli.evaluation import load_target
+    from bnn_cli.deploy.evaluate import load_target
 
     job = load_target(run).job
     assert {layer.dtype_policy.name for layer in job.model.layers} == {"float32"}

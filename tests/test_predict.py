@@ -26,8 +26,8 @@ def run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def expected(run):
     """The trained model's probabilities and the true labels of SPLIT, computed here."""
-    from bnn_cli import data
-    from bnn_cli.export import load_trained
+    from bnn_cli.data import pipeline as data
+    from bnn_cli.deploy.export import load_trained
 
     job, _, _ = load_trained(run, checkpoint="best", data_dir=None, config=None,
                              trust_plugins=False)
@@ -112,7 +112,7 @@ def _raw_test_images(count: int):
     """The first test examples as the dataset stores them (uint8, 8x8x1) and labels."""
     import tensorflow_datasets as tfds
 
-    import bnn_cli.data  # noqa: F401 - registers the embedded digits builder
+    import bnn_cli.data.pipeline  # noqa: F401 - registers the embedded digits builder
 
     builder = tfds.builder("sklearn_digits")  # prepared by the run, in the test data_dir
     ds = builder.as_dataset(split=f"test[:{count}]", shuffle_files=False)
@@ -146,9 +146,10 @@ def test_native_png_gives_the_split_example_prediction(run, images, capsys):
 
 def test_native_png_preprocesses_exactly_as_the_split(run, images):
     """The PNG's model input equals the split's preprocessed example, bit for bit."""
-    from bnn_cli import data, prediction
-    from bnn_cli.runs import RunDir
-    from bnn_cli.training import load_run_config
+    from bnn_cli.build.check import load_run_config
+    from bnn_cli.data import pipeline as data
+    from bnn_cli.deploy import predict as prediction
+    from bnn_cli.rundir.run import RunDir
 
     checked = load_run_config(RunDir(run))
     png, _ = images
@@ -195,7 +196,7 @@ def test_user_mistakes_exit_2(run, tmp_path, capsys, args, message):
 
 
 def test_logits_become_probabilities_with_a_note():
-    from bnn_cli.prediction import _probabilities
+    from bnn_cli.deploy.predict import _probabilities
 
     probabilities, note = _probabilities(np.array([[2.0, -1.0, 0.5]]))
     assert probabilities.sum() == pytest.approx(1.0) and probabilities.argmax() == 0
@@ -207,7 +208,7 @@ def test_logits_become_probabilities_with_a_note():
 def test_rgba_image_to_grey_dataset_form():
     import tensorflow as tf
 
-    from bnn_cli.prediction import _to_dataset_form
+    from bnn_cli.deploy.predict import _to_dataset_form
 
     class Feature:  # what _to_dataset_form reads of a TFDS Image feature
         shape, np_dtype = (8, 8, 1), np.uint8

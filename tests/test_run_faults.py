@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from bnn_cli import training
 from bnn_cli.cli import main
-from bnn_cli.runs import LOCK_FILE, RunDir, RunLock, lock_holder
+from bnn_cli.rundir.run import LOCK_FILE, RunDir, RunLock, lock_holder
+from bnn_cli.train import callbacks
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -139,13 +139,13 @@ def test_a_new_run_is_locked_from_its_first_file_until_it_ends(tmp_path, monkeyp
     created.unlock()
     assert lock_holder(created.path) is None
 
-    real_begin = training._Epochs.on_epoch_begin
+    real_begin = callbacks.Epochs.on_epoch_begin
 
     def begin(self, epoch, logs=None):
         seen.append(lock_holder(self.job.run.path))
         return real_begin(self, epoch, logs)
 
-    monkeypatch.setattr(training._Epochs, "on_epoch_begin", begin)
+    monkeypatch.setattr(callbacks.Epochs, "on_epoch_begin", begin)
     assert _train(tmp_path / "b") == 0
     run = _only_run(tmp_path / "b")
     assert [h["pid"] for h in seen[1:]] == [os.getpid()] * 2
@@ -316,7 +316,7 @@ def test_a_really_full_disk_marks_the_run_failed(small_disk, tmp_path, capsys, m
     the failed status is written, so both really fail (ENOSPC); the reason still reaches
     the next reader, and --resume finishes once there is space."""
     out, filler = small_disk / "runs", small_disk / "filler"
-    real_save, real_status = training._save_checkpoint, RunDir.write_status
+    real_save, real_status = callbacks._save_checkpoint, RunDir.write_status
 
     def save(job, state, improved):
         if state.epoch == 2:
@@ -328,7 +328,7 @@ def test_a_really_full_disk_marks_the_run_failed(small_disk, tmp_path, capsys, m
             _fill(filler)
         return real_status(self, **fields)
 
-    monkeypatch.setattr(training, "_save_checkpoint", save)
+    monkeypatch.setattr(callbacks, "_save_checkpoint", save)
     monkeypatch.setattr(RunDir, "write_status", write_status)
     assert _train(out) == 2
     err = capsys.readouterr().err

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from conftest import QUICKSTART, train_tiny
 
-from bnn_cli import evaluation, runs
 from bnn_cli.cli import main
+from bnn_cli.deploy import evaluate as evaluation
+from bnn_cli.rundir import run as runs
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from conftest import QUICKSTART, TINY, train_tiny
 
 from bnn_cli.cli import main
 from bnn_cli.experiments.table import list_runs
-from bnn_cli.runs import RunDir
+from bnn_cli.rundir.run import RunDir
 
 LR = "training.learning_rate.initial"
 
@@ -61,10 +61,8 @@ def test_a_run_without_siblings_shows_its_overrides(two_runs, capsys):
 
 def test_sort_and_filter(two_runs, capsys):
     folder, a, b = two_runs
-    rows = list_runs(folder, sort="best").rows
-    assert rows[0]["best"] >= rows[1]["best"]  # best first (val_accuracy: higher)
-    assert list_runs(folder, sort="-best").rows[0]["best"] <= rows[0]["best"]
     assert [Path(r["path"]) for r in list_runs(folder, sort=LR).rows] == [b, a]
+    assert [Path(r["path"]) for r in list_runs(folder, sort=f"-{LR}").rows] == [a, b]
     assert len(list_runs(folder, filters=["status=completed"]).rows) == 2
     assert list_runs(folder, filters=["status=failed"]).rows == []
     only = list_runs(folder, filters=[f"{LR}=0.005"]).rows
@@ -78,6 +76,51 @@ def test_sort_and_filter(two_runs, capsys):
         assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert main(["runs", str(folder / "nowhere")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+# Three copies of a run, each given distinct values of every sortable column in its
+# run.json: the expected orders come from this table, not from the code under test.
+SORTABLE = {
+    "x": {"status": "interrupted", "started": "2026-01-03T10:00:00", "epochs_done": 2,
+          "best": 0.5, "test": 0.7, "wall_time": 30.0},
+    "y": {"status": "completed", "started": "2026-01-01T10:00:00", "epochs_done": 3,
+          "best": 0.9, "test": 0.4, "wall_time": 10.0},
+    "z": {"status": "failed", "started": "2026-01-02T10:00:00", "epochs_done": 1,
+          "best": 0.1, "test": 0.6, "wall_time": 20.0},
+}
+# best (val_accuracy) and test (accuracy) sort best first: higher first; the rest rise.
+HIGHER_FIRST = {"best", "test"}
+
+
+def test_every_sort_key_orders_and_reverses_through_the_cli(two_runs, tmp_path, capsys):
+    import shutil
+
+    from bnn_cli.experiments.table import SORT_KEYS
+
+    _, a, _ = two_runs
+    folder = tmp_path / "sortable"
+    for name, values in SORTABLE.items():
+        run = folder / f"run-{name}"
+        shutil.copytree(a, run)
+        status = json.loads((run / "run.json").read_text())
+        status.update(status=values["status"], started=values["started"],
+                      epochs_done=values["epochs_done"], wall_time=values["wall_time"],
+                      best={"epoch": 1, "val_accuracy": values["best"]})
+        status["test"]["metrics"] = {"accuracy": values["test"], "loss": 1.0}
+        (run / "run.json").write_text(json.dumps(status))
+    column = {"name": None, "epochs": "epochs_done"}
+    assert set(SORT_KEYS) <= {*SORTABLE["x"], *column}, "a sort key this test does not cover"
+    for key in SORT_KEYS:
+        field = column.get(key, key)
+        expected = sorted(SORTABLE, key=lambda n, f=field: n if f is None else SORTABLE[n][f],
+                          reverse=key in HIGHER_FIRST)
+        for sort, order in ((key, expected), (f"-{key}", expected[::-1])):
+            assert main(["runs", str(folder), "--sort", sort, "--json"]) == 0
+            rows = json.loads(capsys.readouterr().out)["runs"]
+            assert [Path(r["path"]).name for r in rows] == [f"run-{n}" for n in order], sort
+    assert main(["runs", str(folder), "--sort", "-best"]) == 0  # the table, reversed
+    out = capsys.readouterr().out
+    assert out.index("run-z") < out.index("run-x") < out.index("run-y")
 
 
 def test_every_run_writes_its_hyperparameters_for_tensorboard(two_runs):

@@ -55,7 +55,7 @@ def train(config: Path, output: Path, *extra: str) -> Path:
 
 
 def test_each_stage_is_the_file_with_its_changes_then_the_command_line(tmp_path):
-    from bnn_cli.spec.checks import check
+    from bnn_cli.build.check import check
 
     checked = check(write(tmp_path, TWO_STEP), ["training.batch_size=8"])
     first, second = checked.stages
@@ -72,7 +72,7 @@ def test_each_stage_is_the_file_with_its_changes_then_the_command_line(tmp_path)
 
 
 def test_stages_given_on_the_command_line(tmp_path):
-    from bnn_cli.spec.checks import check
+    from bnn_cli.build.check import check
 
     checked = check(QUICKSTART, ["stages=[{name: a, set: {training.epochs: 1}}, {name: b}]"])
     assert [s.checked.spec.training.epochs for s in checked.stages] == [1, 20]
@@ -168,7 +168,7 @@ def test_one_run_directory_holds_the_stages_one_after_another(two_step):
 
 
 def test_eval_and_export_use_the_last_stages_model(two_step, capsys):
-    from bnn_cli.export import load_trained
+    from bnn_cli.deploy.export import load_trained
 
     job, _, _ = load_trained(two_step, checkpoint="best", data_dir=None, config=None,
                              trust_plugins=False)
@@ -184,8 +184,8 @@ def test_eval_and_export_use_the_last_stages_model(two_step, capsys):
 def test_a_stage_starts_from_the_weights_the_stage_before_selected(tmp_path):
     """With a learning rate of 1e-12, the second stage ends where it started: with the
     kernels of the first stage's selected checkpoint."""
-    from bnn_cli.export import load_trained
-    from bnn_cli.training import restore
+    from bnn_cli.build.job import restore
+    from bnn_cli.deploy.export import load_trained
 
     config = write(tmp_path, TWO_STEP.replace("training.learning_rate: 0.002",
                                               "training.learning_rate: 1.0e-12"))
@@ -193,7 +193,7 @@ def test_a_stage_starts_from_the_weights_the_stage_before_selected(tmp_path):
     job, _, _ = load_trained(run, checkpoint="last", data_dir=None, config=None,
                              trust_plugins=False)
     ended = [layer.kernel.numpy() for layer in job.model.layers if hasattr(layer, "kernel")]
-    from bnn_cli.runs import RunDir
+    from bnn_cli.rundir.run import RunDir
 
     restore(job, RunDir.open(run).load_checkpoint("stage-activations"), partial=True)
     started = [layer.kernel.numpy() for layer in job.model.layers if hasattr(layer, "kernel")]
@@ -204,7 +204,7 @@ def test_a_stage_starts_from_the_weights_the_stage_before_selected(tmp_path):
 
 def test_carry_weights_by_name_and_shape():
     from bnn_cli._keras import keras
-    from bnn_cli.training import carry_weights
+    from bnn_cli.build.job import carry_weights
 
     def model(units):
         inp = keras.Input((4,))
@@ -224,7 +224,7 @@ def test_carry_weights_by_name_and_shape():
 
 
 def test_soft_targets_and_attention_maps_by_their_formulas():
-    from bnn_cli.distillation import attention_map, soft_target_loss
+    from bnn_cli.build.distillation import attention_map, soft_target_loss
 
     rng = np.random.default_rng(0)
     t, s = rng.normal(size=(4, 10)), rng.normal(size=(4, 10))
@@ -284,20 +284,20 @@ def test_resume_continues_inside_the_interrupted_stage(distilled, tmp_path, monk
                                                        after):
     """Stopped after epoch 2 (the first stage's end, before the second began) or 3
     (inside the distilled stage): resuming ends with the uninterrupted run's metrics."""
-    from bnn_cli import training
+    from bnn_cli.train import callbacks
 
-    original = training._save_checkpoint
+    original = callbacks._save_checkpoint
 
     def stop_after(job, state, improved):
         original(job, state, improved)
         if state.epoch == after:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "_save_checkpoint", stop_after)
+    monkeypatch.setattr(callbacks, "_save_checkpoint", stop_after)
     out = tmp_path / "runs"
     assert main(["train", str(write(tmp_path, DISTILLED)), *FAST, "--output", str(out)]) \
         == 130
-    monkeypatch.setattr(training, "_save_checkpoint", original)
+    monkeypatch.setattr(callbacks, "_save_checkpoint", original)
     (run,) = list(out.iterdir())
     assert main(["train", "--resume", str(run)]) == 0
     got, want = rows(run), rows(distilled)

@@ -18,7 +18,7 @@ from conftest import QUICKSTART
 from bnn_cli.cli import main
 from bnn_cli.experiments import space as spacemod
 from bnn_cli.experiments import sweep as sweepmod
-from bnn_cli.runs import RunDir, lock_holder
+from bnn_cli.rundir.run import RunDir, lock_holder
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIXED = ["training.epochs=1", "training.steps_per_epoch=2", "training.batch_size=16"]

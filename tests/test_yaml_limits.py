@@ -1,6 +1,6 @@
 """Bad input that would cost memory or time is refused fast, with its file and line.
 
-The limits live in :mod:`bnn_cli.spec.source`: ``MAX_YAML_BYTES`` (1 MiB, checked before
+The limits live in :mod:`bnn_cli.config.source`: ``MAX_YAML_BYTES`` (1 MiB, checked before
 parsing), ``MAX_VALUES`` (1,000,000 values once aliases are expanded) and ``MAX_DEPTH``
 (64 levels). Inputs are generated here, not shipped: an alias bomb is tiny, but an
 over-size file is not.
@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 
 from bnn_cli.cli import main
-from bnn_cli.errors import UserError
-from bnn_cli.spec import source
-from bnn_cli.spec.schema import load_config
-from bnn_cli.spec.source import (
+from bnn_cli.config import source
+from bnn_cli.config.schema import load_config
+from bnn_cli.config.source import (
     MAX_DEPTH,
     MAX_YAML_BYTES,
     Document,
@@ -31,6 +30,7 @@ from bnn_cli.spec.source import (
     load_yaml,
     parse_yaml,
 )
+from bnn_cli.errors import UserError
 
 GOOD = """\
 model:
@@ -60,7 +60,7 @@ _CHILD = """
 import json, resource, sys, time
 from bnn_cli.cli import main
 from bnn_cli.registry import load_builtins
-import bnn_cli.spec.report  # imports TensorFlow: not part of what is measured
+import bnn_cli.build.report  # imports TensorFlow: not part of what is measured
 load_builtins()
 pages = int(open("/proc/self/statm").read().split()[0])
 limit = pages * resource.getpagesize() + (1 << 30)

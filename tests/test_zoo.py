@@ -17,8 +17,8 @@ import pytest
 
 from bnn_cli import quantizers, zoo
 from bnn_cli._keras import keras, tf
+from bnn_cli.build.report import check_config
 from bnn_cli.cli import main
-from bnn_cli.spec.report import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "zoo_reference.json"
@@ -113,9 +113,9 @@ def test_unknown_dataset_is_still_an_error_for_check(capsys):
                                           ("DoReFaNet", 64)])
 def test_zoo_model_saves_and_loads(name, side, tmp_path):
     """The new components serialize: a saved model loads with the same outputs."""
+    from bnn_cli.build.check import check
+    from bnn_cli.build.model import build_model
     from bnn_cli.models import load_model
-    from bnn_cli.spec.builder import build_model
-    from bnn_cli.spec.checks import check
 
     checked = check(zoo_config(name), [f"model.inputs[0].shape=[{side},{side},3]",
                                        "model.layers[-1].classes=10"],

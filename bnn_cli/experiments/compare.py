@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bnn_cli.config.flat import text as value_text
 from bnn_cli.errors import UserError
 from bnn_cli.experiments.configs import differences, resolved_config
-from bnn_cli.experiments.configs import text as value_text
 from bnn_cli.experiments.table import run_row
-from bnn_cli.runs import RunDir
+from bnn_cli.rundir.run import RunDir
 
 
 @dataclass

@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
+from bnn_cli.config.source import parse_override_path
 from bnn_cli.errors import UserError, did_you_mean
-from bnn_cli.spec.source import parse_override_path
 
 SEARCHES = ("grid", "random", "tpe")
 DISTRIBUTIONS = ("choice", "range", "int", "uniform", "loguniform")

@@ -53,7 +53,7 @@ from bnn_cli.experiments.space import (
     points_to_check,
     yaml_number,
 )
-from bnn_cli.runs import RunDir, atomic_write_text, lock_holder, safe_name
+from bnn_cli.rundir.run import RunDir, atomic_write_text, lock_holder, safe_name
 
 STATE_NAMES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed",
                "RUNNING": "running", "WAITING": "waiting"}
@@ -201,7 +201,7 @@ def check_points(settings: SweepSettings, space: Space) -> Any:
     """``bnn check`` every config the sweep can make (each grid point; for random/TPE each
     range's ends and each listed value) before anything is written. Returns the first
     point's checked config (its monitor and mode are the sweep's)."""
-    from bnn_cli.spec.checks import check
+    from bnn_cli.build.check import check
 
     points = list(points_to_check(space, settings.search))
     _say(f"checking {len(points)} config{'s' if len(points) != 1 else ''} of the sweep...")
@@ -224,7 +224,7 @@ def _folder(settings: SweepSettings, name: str) -> Path:
 def _definition(settings: SweepSettings, space: Space) -> dict[str, Any]:
     """What makes a sweep this sweep (stored in the study; a second command against the
     same study must match it)."""
-    from bnn_cli.spec.source import flattened_text
+    from bnn_cli.config.source import flattened_text
 
     try:
         text = flattened_text(settings.config)
@@ -443,7 +443,7 @@ class _Runner:
     # -- running ---------------------------------------------------------------------------
 
     def command(self, trial: _Trial, resume: bool) -> list[str]:
-        base = [sys.executable, "-m", "bnn_cli.experiments.child", str(os.getpid()), "train"]
+        base = [sys.executable, "-m", "bnn_cli", "--trial-of", str(os.getpid()), "train"]
         data = ["--data-dir", self.settings.data_dir] if self.settings.data_dir else []
         if resume:
             # (The sweep made this run directory from the user's own config.)
@@ -595,7 +595,7 @@ def run_sweep(settings: SweepSettings) -> SweepReport:
                         "e.g. bnn sweep configs/quickstart.yaml training.epochs=5,10")
     total = len(space.grid()) if settings.search == "grid" else (settings.trials or 10)
     checked = check_points(settings, space)
-    from bnn_cli.training import monitor_mode
+    from bnn_cli.config.monitor import monitor_mode
 
     training = checked.spec.training
     monitor, mode = training.monitor, monitor_mode(training, training.monitor)

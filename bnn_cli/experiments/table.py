@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
+from bnn_cli.config.flat import text as value_text
+from bnn_cli.config.monitor import guess_mode
 from bnn_cli.errors import UserError, did_you_mean
 from bnn_cli.experiments.configs import IGNORED, differences, resolved_config, run_overrides
-from bnn_cli.experiments.configs import text as value_text
-from bnn_cli.plots import guess_mode
-from bnn_cli.runs import RUN_FILE, RunDir
+from bnn_cli.rundir.run import RUN_FILE, RunDir
 
 SORT_KEYS = ("name", "status", "started", "epochs", "best", "test", "wall_time")
 FILTER_KEYS = ("status", "name")

@@ -1,0 +1,164 @@
+"""Building: a :class:`~bnn_cli.config.checks.CheckedConfig` -> a Keras model and optimizer.
+
+Everything here was checked already; what only Keras can find out (a shape that does
+not fit, an argument value a layer refuses) is reported for the layer where it happens,
+with the config's file and line, and the model's weights are capped so that a typo in a
+size is an error instead of gigabytes of allocation.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from bnn_cli import quantizers
+from bnn_cli._keras import keras, tf
+from bnn_cli.errors import UserError, error_text
+from bnn_cli.registry import REGISTRY, NamedActivation
+from bnn_cli.build.check import CheckedConfig
+from bnn_cli.config.checks import component_kind, optimizer_class
+from bnn_cli.config.graph import Node
+from bnn_cli.config.schema import Problem, TrainingConfig, ensure_valid
+
+MAX_WEIGHTS = 2**29
+"""The most numbers a model's weights may hold (2 GiB of float32), far beyond any BNN.
+A typo such as ``filters: 1000000`` would otherwise allocate (and randomly initialize)
+many gigabytes: minutes of work, or the process killed for memory, instead of an error."""
+
+
+def build_model(checked: CheckedConfig) -> keras.Model:
+    """The Keras model of a checked config."""
+    graph, config = checked.graph, checked.config
+    tensors = {name: keras.Input(shape=shape, name=name, dtype=dtype)
+               for name, (shape, dtype) in checked.input_shapes.items()}
+    problems: list[Problem] = []
+    budget = _WeightBudget()
+    for node in graph.nodes:
+        if any(r not in tensors for r in node.inputs):
+            continue  # an earlier layer failed; that one is reported
+        x = [tensors[r] for r in node.inputs]
+        try:
+            layer = make_layer(node)
+            with budget:
+                tensors[node.name] = layer(x[0] if len(x) == 1 else x)
+        except Exception as exc:  # Keras raises many types for bad shapes/arguments
+            shapes_in = ", ".join(str(tuple(t.shape)) for t in x)
+            message = f"layer {node.name!r} ({node.type}) on input shape {shapes_in}: " \
+                      f"{error_text(exc)}"
+            if node.context:
+                message += f" ({node.context})"
+            problems.append(config.problem(node.path, message))
+    ensure_valid(problems)
+    inputs = [tensors[n] for n in graph.inputs]
+    outputs = [tensors[o] for o in graph.outputs]
+    return keras.Model(inputs=inputs[0] if len(inputs) == 1 else inputs,
+                       outputs=outputs[0] if len(outputs) == 1 else outputs,
+                       name=config.spec.model.name or config.name)
+
+
+def make_layer(node: Node) -> keras.layers.Layer:
+    entry = REGISTRY.get("layer", node.type)
+    args = {}
+    for arg, value in node.args.items():
+        kind = component_kind(arg)
+        # A copy: Keras wraps lists and dicts a layer keeps (for tracking) in place,
+        # which would leave TensorFlow objects inside the config (unserializable).
+        value = copy.deepcopy(value)
+        args[arg] = resolve_component(kind, value) if kind else value
+    return entry.obj(name=node.name, **{k: v for k, v in args.items() if k != "name"})
+
+
+def resolve_component(kind: str, value: Any) -> Any:
+    """A component argument's value (name or ``{type: ..., args}``) -> object.
+
+    bnn_cli's registry comes first, so a name means bnn_cli's component whatever
+    another library (Larq) put into Keras's global table under it.
+    """
+    if value is None:
+        return None
+    name, args = (value["type"], {k: v for k, v in value.items() if k != "type"}) \
+        if isinstance(value, dict) else (value, {})
+    if kind == "quantizer":
+        entry = REGISTRY.get("quantizer", name)
+        return entry.obj(**args) if isinstance(entry.obj, type) else quantizers.get(name)
+    if kind == "activation":
+        if isinstance(name, str) and (REGISTRY.find("activation", name)
+                                      or REGISTRY.find("quantizer", name)):
+            return NamedActivation(name, **args)
+        return keras.activations.get(value)
+    entry = REGISTRY.find(kind, name) if isinstance(name, str) else None
+    if entry is not None:
+        return entry.obj(**args)
+    getter = {"constraint": keras.constraints.get, "initializer": keras.initializers.get,
+              "regularizer": keras.regularizers.get}[kind]
+    return getter({"class_name": name, "config": args} if isinstance(value, dict) else value)
+
+
+class _WeightBudget:
+    """``with budget:`` refuses each variable that would take the weights created under
+    it (all uses together) over ``limit`` numbers, before its initializer allocates it."""
+
+    def __init__(self, limit: int = MAX_WEIGHTS):
+        self.limit, self.total = limit, 0
+        self._scopes: list[Any] = []
+
+    def _creator(self, next_creator, **kwargs):
+        shape = kwargs.get("shape")
+        size = tf.TensorShape(shape).num_elements() if shape is not None else None
+        if self.total + (size or 0) > self.limit:
+            raise UserError(f"its weights would take the model to {self.total + size:,} "
+                            f"numbers, over the limit of {self.limit:,} (2 GiB of float32); "
+                            "check the sizes (filters, units, kernel_size, input shape)")
+        self.total += size or 0
+        return next_creator(**kwargs)
+
+    def __enter__(self) -> _WeightBudget:
+        self._scopes.append(tf.variable_creator_scope(self._creator))
+        self._scopes[-1].__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._scopes.pop().__exit__(*exc_info)
+
+
+# ---------------------------------------------------------------------------------------
+# The optimizer
+# ---------------------------------------------------------------------------------------
+
+
+def learning_rate(training: TrainingConfig, steps_per_epoch: int) -> Any:
+    from bnn_cli.schedules import EpochSchedule
+
+    if isinstance(training.learning_rate, float | int):
+        return float(training.learning_rate)
+    return EpochSchedule(training.learning_rate.model_dump(), steps_per_epoch,
+                         training.epochs)
+
+
+def build_optimizer(training: TrainingConfig, steps_per_epoch: int) -> Any:
+    """The optimizer a config asks for; ``type: case`` pairs one for binary weights
+    (``binary:``, e.g. Bop) with one for everything else (``default:``)."""
+    from bnn_cli import optimizers
+
+    lr = learning_rate(training, steps_per_epoch)
+    spec = {"type": training.optimizer.type, **training.optimizer.args}
+    if spec["type"].lower() != "case":
+        return _optimizer(spec, lr, "training.optimizer")
+    return optimizers.CaseOptimizer(
+        (optimizers.Bop.is_binary_variable,
+         _optimizer(spec.get("binary", {"type": "Bop"}), lr, "training.optimizer.binary")),
+        default_optimizer=_optimizer(spec.get("default", {"type": "Adam"}), lr,
+                                     "training.optimizer.default"),
+    )
+
+
+def _optimizer(spec: dict[str, Any], lr: Any, key: str) -> Any:
+    kind = spec["type"]
+    cls = optimizer_class(kind)
+    args = {k: v for k, v in spec.items() if k != "type"}
+    if REGISTRY.find("optimizer", kind) is None:  # Bop has no learning rate
+        args.setdefault("learning_rate", lr)
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as exc:  # a value the optimizer refuses
+        raise UserError(f"{key}: {kind}: {exc}") from None

@@ -1,0 +1,76 @@
+"""The Python API under the CLI: configs as paths, YAML text or dicts; typed results;
+one exception type carrying the CLI's located message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import bnn_cli
+from bnn_cli.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+SHORT = ("training.epochs=2", "training.steps_per_epoch=4")
+
+
+def _quickstart() -> dict:
+    return yaml.safe_load(QUICKSTART.read_text())
+
+
+def test_train_the_quickstart_from_a_dict(tmp_path):
+    run = bnn_cli.train(_quickstart(), *SHORT, output=tmp_path)
+    assert isinstance(run, bnn_cli.Run)
+    assert (run.status, run.exit_code) == ("completed", 0)
+    assert run.path.parent == tmp_path and run.path.name.startswith("quickstart-")
+    assert [row["epoch"] for row in run.history] == [1, 2]
+    record = json.loads((run.path / "run.json").read_text())
+    assert run.best == record["best"] and run.best["epoch"] in (1, 2)
+    assert run.test["metrics"] == record["test"]["metrics"]
+    # The run keeps the config it was given (resumable without the dict).
+    stored = yaml.safe_load((run.path / "config.yaml").read_text())
+    assert stored["model"] == _quickstart()["model"]
+    # Evaluating the run through the API gives the metrics the run recorded.
+    report = bnn_cli.evaluate(run.path)
+    assert report.split == "test"
+    assert report.metrics["accuracy"] == pytest.approx(run.test["metrics"]["accuracy"])
+
+
+def test_a_yaml_string_and_a_path_check_alike():
+    from_path = bnn_cli.check(str(QUICKSTART))
+    from_text = bnn_cli.check(QUICKSTART.read_text())
+    assert from_text.summary.total_params == from_path.summary.total_params > 0
+    assert from_text.checked.config.name == "quickstart"
+
+
+def test_a_dict_error_names_the_key_path_not_a_temporary_file():
+    config = _quickstart()
+    config["training"]["epochs"] = [2]
+    with pytest.raises(bnn_cli.UserError) as caught:
+        bnn_cli.check(config)
+    message = str(caught.value)
+    assert message.startswith("<dict>: training.epochs:"), message
+    assert "bnn-config-" not in message and ".yaml" not in message.split(":")[0]
+
+
+def test_a_yaml_string_error_names_its_line():
+    text = QUICKSTART.read_text().replace("epochs: 20", "epochs: -3")
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "epochs: -3" in ln)
+    with pytest.raises(bnn_cli.UserError) as caught:
+        bnn_cli.check(text)
+    assert str(caught.value).startswith(f"<yaml>:{line}:"), str(caught.value)
+
+
+def test_a_missing_file_is_a_user_error():
+    with pytest.raises(bnn_cli.UserError, match="no such file"):
+        bnn_cli.check("configs/no_such_config.yaml")
+
+
+def test_the_cli_prints_what_the_api_returns(capsys):
+    report = bnn_cli.check(QUICKSTART).as_dict()
+    assert main(["check", str(QUICKSTART), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(report, default=str))
