@@ -31,10 +31,11 @@ import yaml
 from bnn_cli.errors import UserError
 
 if TYPE_CHECKING:
-    from bnn_cli.build.report import CheckReport
+    from bnn_cli.assemble.report import CheckReport
     from bnn_cli.deploy.export import ExportReport
     from bnn_cli.deploy.predict import PredictReport
-    from bnn_cli.train.evaluation import EvalReport
+    from bnn_cli.rundir.record import RunRecord
+    from bnn_cli.training.evaluation import EvalReport
 
 __all__ = ["Run", "UserError", "check", "evaluate", "export", "predict", "resume", "train"]
 
@@ -52,28 +53,28 @@ class Run:
     history: list[dict[str, Any]]  # one row of metrics per epoch
 
     @property
-    def record(self) -> dict[str, Any]:
+    def record(self) -> RunRecord:
         """The run's ``run.json`` as it is now."""
         from bnn_cli.rundir.run import RunDir
 
-        return RunDir.open(self.path).read_status_safely()
+        return RunDir.open(self.path).read_record_safely()
 
     @property
     def best(self) -> dict[str, Any]:
         """The best value of the monitor and its epoch (``{"val_accuracy": .., "epoch": ..}``)."""
-        return dict(self.record.get("best") or {})
+        return dict(self.record.best or {})
 
     @property
     def test(self) -> dict[str, Any]:
         """The chosen checkpoint's test evaluation (``metrics``, ``checkpoint``, ``split``)."""
-        return dict(self.record.get("test") or {})
+        return dict(self.record.test or {})
 
 
 def train(config: ConfigSource, *overrides: str, output: str | Path = "runs",
           data_dir: str | None = None, plugins: Iterable[str] = ()) -> Run:
     """``bnn train CONFIG [KEY=VALUE ...]``: check, build, train; a new run directory
     under ``output``."""
-    from bnn_cli.train.loop import train_from_config
+    from bnn_cli.training.loop import train_from_config
 
     with _config_file(config) as path:
         result = train_from_config(path, list(overrides), output_root=output,
@@ -85,7 +86,7 @@ def resume(run: str | Path, *, data_dir: str | None = None, config: str | Path |
            trust_plugins: bool = False) -> Run:
     """``bnn train [CONFIG] --resume RUN``: continue a run from its last good checkpoint,
     with the config it was started with (a ``config`` given is only compared with it)."""
-    from bnn_cli.train.loop import resume_run
+    from bnn_cli.training.loop import resume_run
 
     result = resume_run(run, data_dir=data_dir, config_path=config,
                         trust_plugins=trust_plugins)
@@ -95,7 +96,7 @@ def resume(run: str | Path, *, data_dir: str | None = None, config: str | Path |
 def check(config: ConfigSource, *overrides: str, data_dir: str | None = None,
           plugins: Iterable[str] = (), target: str | None = None) -> CheckReport:
     """``bnn check``: validate a config and build its model, without training."""
-    from bnn_cli.build.report import check_config
+    from bnn_cli.assemble.report import check_config
 
     with _config_file(config) as path:
         return check_config(path, list(overrides), plugins=list(plugins), data_dir=data_dir,

@@ -30,7 +30,9 @@ Overrides = Annotated[
                         "model.layers[0].filters=32 (values are YAML).",
                    show_default=False),
 ]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+# A flag: no value follows it (metavar "" keeps help from showing it as `--json <bool>`).
+JsonFlag = Annotated[bool, typer.Option("--json", is_flag=True, metavar="",
+                                        help="Print one JSON object.")]
 Plugins = Annotated[
     list[str] | None,
     typer.Option("--plugin", help="Python file or module to import first (registers custom "
@@ -38,10 +40,10 @@ Plugins = Annotated[
 ]
 TrustPlugins = Annotated[
     bool,
-    typer.Option("--trust-plugins", help="Import the plugins that the run directory's stored "
-                                         "config and overrides.json name (their code runs); "
-                                         "without it a run that names any is refused, as a "
-                                         "copied run directory could run any code."),
+    typer.Option("--trust-plugins", metavar="",
+                 help="Import the plugins that the run directory's stored config and "
+                      "overrides.json name (their code runs); without it a run that names "
+                      "any is refused, as a copied run directory could run any code."),
 ]
 DataDir = Annotated[
     str | None,
@@ -72,23 +74,29 @@ def _import_plugins(plugins: list[str] | None) -> None:
         import_plugin(plugin)
 
 
+ComponentName = Annotated[str | None, typer.Argument(
+    metavar="[NAME]", show_default=False,
+    help="Show this one in full (every parameter with its default, summary, aliases).")]
+
+
 @app.command("list-quantizers")
-def list_quantizers(json_: JsonFlag = False, plugin: Plugins = None,
+def list_quantizers(name: ComponentName = None, json_: JsonFlag = False,
+                    plugin: Plugins = None,
                     config: Annotated[Path | None, typer.Option(
                         help="Also load the plugins this config names.")] = None) -> None:
     """List every registered quantizer: aliases, precision, parameters, summary."""
-    _list_components("quantizer", json_, plugin, config)
+    _list_components("quantizer", name, json_, plugin, config)
 
 
 @app.command("list-layers")
-def list_layers(json_: JsonFlag = False, plugin: Plugins = None,
+def list_layers(name: ComponentName = None, json_: JsonFlag = False, plugin: Plugins = None,
                 config: Annotated[Path | None, typer.Option(
                     help="Also load the plugins this config names.")] = None) -> None:
     """List every layer type a config can name (bnn_cli, Keras and registered ones)."""
-    _list_components("layer", json_, plugin, config)
+    _list_components("layer", name, json_, plugin, config)
 
 
-def _list_components(kind: str, json_: bool, plugins: list[str] | None,
+def _list_components(kind: str, name: str | None, json_: bool, plugins: list[str] | None,
                      config: Path | None) -> None:
     from bnn_cli.registry import REGISTRY, load_builtins
 
@@ -99,11 +107,33 @@ def _list_components(kind: str, json_: bool, plugins: list[str] | None,
 
         load_plugins(load_config(config))
     load_builtins()
+    if name is not None:  # (an unknown name: UnknownNameError, with a suggestion)
+        entry = REGISTRY.get(kind, name)
+        if json_:
+            _echo_json(entry.as_dict())
+        else:
+            _print_entry(entry)
+        return
     entries = REGISTRY.entries(kind)
     if json_:
         _echo_json([e.as_dict() for e in entries])
     else:
         _print_table(kind, entries)
+
+
+def _print_entry(entry: Any) -> None:
+    """One component in full: the table's row, nothing shortened."""
+    data = entry.as_dict()
+    lines = [f"{entry.kind} {entry.name}" + ("" if entry.builtin else " (custom)"),
+             f"  summary: {entry.summary or '-'}",
+             f"  aliases: {', '.join(entry.aliases) or '-'}"]
+    if entry.kind == "quantizer":
+        lines.append(f"  bits: {'varies' if entry.precision is None else entry.precision}")
+    lines += [f"  module: {data['module']}", "  parameters:" if entry.params else
+              "  parameters: none"]
+    lines += [f"    {p.name}" + (" (required)" if p.required else f" = {p.default!r}")
+              for p in entry.params]
+    typer.echo("\n".join(lines))
 
 
 def _print_table(kind: str, entries: list) -> None:
@@ -112,7 +142,9 @@ def _print_table(kind: str, entries: list) -> None:
 
     # Piped output gets a wide table instead of rich's 80-column default.
     console = Console(width=None if sys.stdout.isatty() else 200)
-    table = Table(title=f"{len(entries)} {kind}s", show_lines=False)
+    table = Table(title=f"{len(entries)} {kind}s", show_lines=False,
+                  caption=f"long parameter lists end in '...': `bnn list-{kind}s NAME` "
+                          "shows one in full")
     table.add_column("name", style="bold")
     table.add_column("aliases")
     if kind == "quantizer":
@@ -264,13 +296,12 @@ def export(
     output: Annotated[Path | None, typer.Option(help="File (or SavedModel folder) to write "
                                                      "(default: RUN/export/).")] = None,
     checkpoint: CheckpointChoice = "best",
-    latent: Annotated[bool, typer.Option("--latent", help="Keep the training form (latent "
-                                                          "weights, kernel quantizers).")] =
-    False,
-    int8: Annotated[bool, typer.Option("--int8", help="tflite: quantize the real-valued "
-                                                      "layers to int8 after training, "
-                                                      "calibrated on the training split.")] =
-    False,
+    latent: Annotated[bool, typer.Option(
+        "--latent", metavar="", help="Keep the training form (latent weights, kernel "
+                                     "quantizers).")] = False,
+    int8: Annotated[bool, typer.Option(
+        "--int8", metavar="", help="tflite: quantize the real-valued layers to int8 after "
+                                   "training, calibrated on the training split.")] = False,
     data_dir: DataDir = None,
     json_: JsonFlag = False,
     config: Annotated[Path | None, typer.Option(
@@ -363,7 +394,7 @@ def sweep(
     output: Annotated[Path | None, typer.Option(
         help="The sweep folder (default: runs/sweep-<config name>).", show_default=False)]
     = None,
-    prune: Annotated[bool, typer.Option("--prune", help="Stop trials whose monitored "
+    prune: Annotated[bool, typer.Option("--prune", metavar="", help="Stop trials whose monitored "
                                                         "metric is worse than the median of "
                                                         "earlier trials at the same epoch.")]
     = False,

@@ -58,8 +58,8 @@ SECTIONS = ("step", "train", "pipeline", "epoch", "startup")
 
 def bnn_model(config: str, overrides: list[str] | None = None):
     """The network of a config, built by bnn_cli (no dataset needed)."""
-    from bnn_cli.build.check import check
-    from bnn_cli.build.model import build_model
+    from bnn_cli.assemble.check import check
+    from bnn_cli.assemble.model import build_model
 
     checked = check(ROOT / config, overrides or [], allow_unprepared_data=True)
     return build_model(checked)
@@ -249,8 +249,8 @@ def _epoch_time(run: dict[str, Any]) -> float:
 
 
 def bench_pipeline(rounds: int, data_dir: str) -> dict[str, Any]:
-    from bnn_cli.build.check import check
-    from bnn_cli.build.model import build_model
+    from bnn_cli.assemble.check import check
+    from bnn_cli.assemble.model import build_model
     from bnn_cli.data import pipeline as datamod
 
     checked = check(ROOT / "configs/larq_mnist.yaml", ["data.train_split=train"],
@@ -292,11 +292,11 @@ def bench_epoch(rounds: int, data_dir: str) -> dict[str, Any]:
     and the bookkeeping (checkpoint, pointers, metrics, run.json). Building the stage's
     pipelines, once per stage, is timed too."""
     from bnn_cli._keras import keras
-    from bnn_cli.build import job as jobs
-    from bnn_cli.build.check import check
+    from bnn_cli.assemble import job as jobs
+    from bnn_cli.assemble.check import check
     from bnn_cli.rundir.run import RunDir
-    from bnn_cli.train import callbacks, loop
-    from bnn_cli.train import state as loopstate
+    from bnn_cli.training import callbacks, loop
+    from bnn_cli.training import state as loopstate
 
     checked = check(ROOT / "configs/quickstart.yaml", [f"training.epochs={rounds + 1}"],
                     data_dir=data_dir or None)

@@ -188,7 +188,7 @@ def read_metrics(run: Path) -> tuple[list[dict], list[dict]]:
 
 
 def load_weights(run: Path) -> list:
-    from bnn_cli.build.vetting import load_vetted_model
+    from bnn_cli.assemble.vetting import load_vetted_model
 
     return load_vetted_model(run / "model.keras").get_weights()
 

@@ -2,7 +2,8 @@
 """Mixed precision's effect on training speed, measured in one run: a float CNN and a
 BNN (BinaryNet for CIFAR-10, ``configs/binarynet_cifar10.yaml``, and its full-precision
 twin: every quantizer and clip removed), each in float32 and in a mixed policy, built and
-compiled as ``bnn train`` builds them (``bnn_cli.build.mixed_precision``, the config's optimizer).
+compiled as ``bnn train`` builds them (``bnn_cli.assemble.mixed_precision``, the config's
+optimizer).
 
 On a GPU the mixed policy is ``mixed_float16`` (and with several GPUs every variant runs
 on one replica and on all of them, MirroredStrategy, the batch per replica fixed); on a
@@ -47,9 +48,9 @@ def build(network: str, policy: str, replicas: int, batch: int, steps: int):
     import numpy as np
 
     from bnn_cli._keras import tf
-    from bnn_cli.build import mixed_precision as precision
-    from bnn_cli.build.check import check
-    from bnn_cli.build.model import build_optimizer
+    from bnn_cli.assemble import mixed_precision as precision
+    from bnn_cli.assemble.check import check
+    from bnn_cli.assemble.model import build_optimizer
 
     checked = check(CONFIG, NETWORKS[network], allow_unprepared_data=True)
     training = checked.spec.training

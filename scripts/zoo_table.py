@@ -41,7 +41,7 @@ ZOO_CONFIGS = {
 def config_figures(name: str) -> dict[str, Any]:
     """The reference.json figures of a zoo config, as `bnn check` computes them."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from bnn_cli.build.report import check_config
+    from bnn_cli.assemble.report import check_config
 
     return check_config(ROOT / "configs" / "zoo" / ZOO_CONFIGS[name], []) \
         .summary.reference_figures()

@@ -74,3 +74,22 @@ def test_the_cli_prints_what_the_api_returns(capsys):
     assert main(["check", str(QUICKSTART), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(json.dumps(report, default=str))
+
+
+SHARED_TFDS = ROOT.parent / "shared" / "tfds"
+
+
+@pytest.mark.skipif(not (SHARED_TFDS / "mnist").is_dir(), reason="needs ../shared/tfds")
+def test_a_run_remembers_its_data_dir(tmp_path, monkeypatch, capsys):
+    """`bnn train C --data-dir D`, then `bnn eval RUN` without it: the run reads D again
+    (a later --data-dir still wins)."""
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "elsewhere"))  # (not D)
+    run = bnn_cli.train(QUICKSTART, *SHORT, "training.epochs=1", "data.dataset=mnist",
+                        "data.train_split=train[:1%]", "data.validation_split=train[99%:]",
+                        "data.test_split=test[:2%]", output=tmp_path,
+                        data_dir=str(SHARED_TFDS))
+    assert run.record.data_dir == str(SHARED_TFDS.resolve())
+    report = bnn_cli.evaluate(run.path)
+    assert report.metrics["accuracy"] == pytest.approx(run.test["metrics"]["accuracy"])
+    with pytest.raises(bnn_cli.UserError, match="elsewhere"):
+        bnn_cli.evaluate(run.path, data_dir=str(tmp_path / "elsewhere"))

@@ -9,8 +9,8 @@ import pytest
 from conftest import dataset_for
 
 from bnn_cli import quantizers
-from bnn_cli.build.check import check
-from bnn_cli.build.model import build_model
+from bnn_cli.assemble.check import check
+from bnn_cli.assemble.model import build_model
 from bnn_cli.config.schema import ConfigError
 from bnn_cli.constraints import WeightClip
 from bnn_cli.layers import QuantConv2D, QuantDense

@@ -24,11 +24,34 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def _commands() -> dict:
+    """The app's commands, read from the Typer app (name -> click command)."""
+    import typer
+
+    from bnn_cli.cli import app
+
+    return typer.main.get_command(app).commands
+
+
 def test_help_lists_the_commands(capsys):
+    commands = _commands()
+    assert {"train", "eval", "check", "list-quantizers", "list-layers", "schema"} <= set(commands)
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for command in ("train", "eval", "check", "list-quantizers", "list-layers", "schema"):
-        assert command in out
+    for name in commands:
+        assert name in out, f"bnn --help does not list {name}"
+
+
+def test_every_command_has_help_with_its_options(capsys):
+    for name, command in _commands().items():
+        code, out, err = run(capsys, name, "--help")
+        assert code == 0, (name, err)
+        assert "Traceback" not in out + err
+        assert "Usage:" in out and name in out, name
+        flags = [o for p in command.params if p.param_type_name == "option" for o in p.opts]
+        assert "--help" in out
+        for flag in flags:
+            assert flag in out, f"bnn {name} --help does not show {flag}"
 
 
 def test_console_script_runs_without_traceback():

@@ -12,7 +12,7 @@ from conftest import QUICKSTART, ROOT, dataset_for, train_tiny
 
 import bnn_cli as bnn
 from bnn_cli._keras import keras, tf
-from bnn_cli.build.deployability import is_binary_filter, lce_report
+from bnn_cli.assemble.deployability import is_binary_filter, lce_report
 from bnn_cli.cli import main
 from bnn_cli.deploy.lce_check import compare_with_file
 
@@ -157,8 +157,8 @@ def test_channel_advice():
 
 
 def shipped_model(config: Path, tmp_path):
-    from bnn_cli.build.check import check
-    from bnn_cli.build.model import build_model
+    from bnn_cli.assemble.check import check
+    from bnn_cli.assemble.model import build_model
 
     dataset = yaml.safe_load(config.read_text())["data"]["dataset"]
     with dataset_for(dataset, tmp_path) as data_dir:
@@ -294,8 +294,8 @@ ZOO = sorted((ROOT / "configs" / "zoo").glob("*.yaml"))
 def test_prediction_matches_the_converted_file_for_the_zoo(config):
     """The same criterion on the zoo's ImageNet-size networks (ImageNet is not
     prepared here: the model is checked and built from its given input shape)."""
-    from bnn_cli.build.check import check
-    from bnn_cli.build.model import build_model
+    from bnn_cli.assemble.check import check
+    from bnn_cli.assemble.model import build_model
     from bnn_cli.deploy.export import inference_model
 
     model = build_model(check(config, allow_unprepared_data=True))

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnn_cli.build import strategy as distribute
-from bnn_cli.build.check import check
+from bnn_cli.assemble import strategy as distribute
+from bnn_cli.assemble.check import check
 from bnn_cli.config.schema import ConfigError
 
 # No batch normalization: Keras normalizes each replica's share of the batch, so a net

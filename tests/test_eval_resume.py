@@ -291,11 +291,12 @@ def test_a_model_with_dropout_resumes_exactly(tmp_path, data_dir, monkeypatch):
     """Dropout's masks come from TensorFlow's random kernels, which the loop resets with
     the epoch's seed before each epoch (only for models with such layers): a run stopped
     after epoch 1 and resumed ends with the uninterrupted run's metrics."""
-    from bnn_cli.train import callbacks
+    from bnn_cli.training import callbacks
 
     text = QUICKSTART.read_text().replace(
         "    - {type: QuantDense, units: 10}",
         "    - {type: Dropout, rate: 0.5}\n    - {type: QuantDense, units: 10}")
+    assert text.count("{type: Dropout, rate: 0.5}") == 1, "the Dropout was not added"
     config = tmp_path / "dropout.yaml"
     config.write_text(text)
     args = ["train", str(config), "training.epochs=3", "training.steps_per_epoch=6",
@@ -314,6 +315,11 @@ def test_a_model_with_dropout_resumes_exactly(tmp_path, data_dir, monkeypatch):
     (cut,) = (tmp_path / "cut").iterdir()
     assert main(["train", "--resume", str(cut)]) == 0
     (whole,) = (tmp_path / "whole").iterdir()
+    from bnn_cli.models import load_model
+
+    dropouts = [layer for layer in load_model(whole / "model.keras", compile=False).layers
+                if type(layer).__name__ == "Dropout"]
+    assert len(dropouts) == 1 and dropouts[0].rate == 0.5  # the model trained had it
 
     def rows(run):
         return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -84,6 +84,34 @@ def test_each_format_round_trips(run, trained, fmt, capsys):
     assert stored["size_bytes"] > 0
 
 
+def _raw_test_split() -> tuple[np.ndarray, np.ndarray]:
+    """The digits' test split read here and rescaled to [-1, 1] (the quickstart's only
+    preprocessing), independently of bnn_cli's data pipeline and load_trained."""
+    import tensorflow_datasets as tfds
+
+    import bnn_cli.data.pipeline  # noqa: F401 - registers the embedded digits builder
+
+    ds = tfds.builder("sklearn_digits").as_dataset(split="test", shuffle_files=False)
+    examples = list(ds.as_numpy_iterator())
+    x = np.stack([e["image"] for e in examples]).astype(np.float32) / 255.0 * 2.0 - 1.0
+    return x, np.array([e["label"] for e in examples])
+
+
+@pytest.mark.parametrize("fmt", FILES)
+def test_each_format_scores_the_runs_recorded_test_accuracy(run, fmt, capsys):
+    """The exported file, run in its own runtime on the raw test split, has the test
+    accuracy that training recorded in run.json for the checkpoint it chose."""
+    status = json.loads((run / "run.json").read_text())
+    assert status["test"]["split"] == "test"
+    export(run, "--format", fmt, capsys=capsys)
+    x, labels = _raw_test_split()
+    probabilities = RUNTIMES[fmt](run / "export" / FILES[fmt], x)
+    accuracy = float(np.mean(probabilities.argmax(-1) == labels))
+    # (within one example: a near tie may fall the other way in another runtime)
+    assert accuracy == pytest.approx(status["test"]["metrics"]["accuracy"],
+                                     abs=1.5 / len(labels))
+
+
 def _quantized_layers(model):
     from bnn_cli.layers import QuantizerMixin
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from conftest import QUICKSTART, TINY
 
-from bnn_cli.build.check import check
+from bnn_cli.assemble.check import check
 from bnn_cli.cli import main
 
 

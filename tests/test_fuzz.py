@@ -306,6 +306,37 @@ def test_check_never_crashes_long(source, overrides, options):
     test_check_never_crashes.hypothesis.inner_test(source, overrides, options)
 
 
+# Overrides that keep the quickstart valid (its data, the embedded digits, is offline):
+# each generated case must be accepted, or a `check` that refuses everything would pass.
+VALID_OVERRIDES = {
+    "training.epochs": st.integers(1, 1000),
+    "training.batch_size": st.integers(1, 512),
+    "training.seed": st.integers(0, 2**31 - 1),
+    "training.learning_rate.initial": st.floats(1e-6, 1.0).map(repr),
+    "training.optimizer": st.sampled_from(["{type: Adam}", "{type: SGD, momentum: 0.9}",
+                                           "{type: RMSprop}", "{type: Adam, beta_1: 0.5}"]),
+    "model.layers[0].filters": st.integers(1, 96),
+    "model.layers[2].kernel_size": st.sampled_from([1, 3, 5]),
+    "model.layers[9].units": st.integers(1, 300),
+    "model.defaults.QuantConv2D.kernel_quantizer": st.sampled_from(
+        ["ste_sign", "approx_sign", "swish_sign", "magnitude_aware_sign"]),
+    "data.train_split": st.sampled_from(["train[:50%]", "train[:90%]", "train[10%:90%]"]),
+}
+valid_overrides = st.lists(st.sampled_from(sorted(VALID_OVERRIDES)), min_size=1, max_size=4,
+                           unique=True).flatmap(lambda keys: st.tuples(
+                               *[VALID_OVERRIDES[k].map(lambda v, k=k: f"{k}={v}")
+                                 for k in keys]))
+
+
+@settings(COMMON, max_examples=25)
+@given(overrides=valid_overrides)
+def test_valid_cases_are_accepted(overrides):
+    """Valid overrides of the quickstart, generated: `check` accepts every one (exit 0)."""
+    code, out = run_bnn(["check", str(ROOT / "configs" / "quickstart.yaml"), *overrides],
+                        "check")
+    assert code == 0, f"a valid case was refused: {overrides}\n{out[-2000:]}"
+
+
 @settings(COMMON, max_examples=60)
 @given(argv=st.lists(st.one_of(text, st.sampled_from(
     ["check", "train", "eval", "schema", "list-quantizers", "list-layers", "--json",

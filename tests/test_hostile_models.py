@@ -4,7 +4,7 @@ Each attack is crafted here from a harmless model that a tiny quickstart run sav
 stored JSON (a ``.keras`` zip's config.json, an HDF5 file's ``model_config``) is edited
 with json/zipfile/h5py so that loading it would write a marker file (or name code that
 could). ``test_the_payloads_are_real`` shows that plain Keras does run them; the other
-tests show that ``bnn eval FILE --config`` and :func:`bnn_cli.build.vetting.load_vetted_model`
+tests show that ``bnn eval FILE --config`` and :func:`bnn_cli.assemble.vetting.load_vetted_model`
 refuse each one, naming the layer and the reason, and that no marker appears. Harmless
 files in both formats evaluate to the metrics of the run they came from.
 """
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from conftest import QUICKSTART, train_tiny
 
-from bnn_cli.build import vetting
+from bnn_cli.assemble import vetting
 from bnn_cli.cli import main
 from bnn_cli.errors import UserError
 

@@ -483,12 +483,9 @@ def test_tiny_bnn_trains():
     direction = rng.normal(size=16).astype(F32)
     x = rng.normal(size=(256, 16)).astype(F32)
     labels = (x @ direction > 0).astype("int32")
-    try:  # Larq's example uses weight clipping; any constraint bounding |w| <= 1 works
-        from bnn_cli.constraints import WeightClip
-    except ImportError:
-        constraint = keras.constraints.MaxNorm(1.0)
-    else:
-        constraint = WeightClip(1.0)
+    from bnn_cli.constraints import WeightClip  # (Larq's example uses weight clipping)
+
+    constraint = WeightClip(1.0)
     model = keras.Sequential([
         keras.Input((16,)),
         bl.QuantDense(32, kernel_quantizer="ste_sign", kernel_constraint=constraint,

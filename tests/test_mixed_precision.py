@@ -12,7 +12,7 @@ from conftest import QUICKSTART, train_tiny
 
 from bnn_cli import quantizers
 from bnn_cli._keras import keras, tf
-from bnn_cli.build import mixed_precision as precision
+from bnn_cli.assemble import mixed_precision as precision
 from bnn_cli.registry import REGISTRY, load_builtins
 
 POLICIES = {"mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
@@ -63,7 +63,7 @@ def test_quantizers_match_float32(policy, name):
 
 
 def _model(policy: str | None) -> keras.Model:
-    from bnn_cli.build.check import check
+    from bnn_cli.assemble.check import check
 
     return precision.build_model(check(QUICKSTART, []), policy)
 
@@ -125,8 +125,14 @@ def test_mixed_float16_resumes_exactly(tmp_path):
     with the uninterrupted run's metrics: the loss scale is restored with the optimizer."""
     from bnn_cli.cli import main
 
-    extra = ["runtime.mixed_precision=mixed_float16", CASE_BOP, "training.epochs=2"]
+    # The simulated stop keeps epoch 1's checkpoint, which a run keeps only as its best:
+    # with the learning rate (cosine, falling) as the monitor, epoch 1 is the best.
+    extra = ["runtime.mixed_precision=mixed_float16", CASE_BOP, "training.epochs=2",
+             "training.monitor=learning_rate", "training.monitor_mode=max"]
     whole = train_tiny(tmp_path / "a", *extra)
+    assert json.loads((whole / "run.json").read_text())["best"]["epoch"] == 1
+    assert json.loads((whole / "checkpoints" / "best.json").read_text()) == \
+        {"checkpoint": "epoch-0001"}
     run = tmp_path / "b" / whole.name
     shutil.copytree(whole, run)
     shutil.rmtree(run / "checkpoints" / "epoch-0002")

@@ -73,6 +73,24 @@ def test_split_on_the_run_directory(run, expected, capsys):
             assert c["probability"] == pytest.approx(probabilities[i, c["class"]], abs=1e-6)
 
 
+def test_predictions_on_the_test_split_score_the_runs_recorded_accuracy(run, capsys):
+    """Independently of load_trained: `bnn predict` on the whole test split gives the
+    true labels as the dataset stores them, and the accuracy that training recorded in
+    run.json for the checkpoint it chose."""
+    status = json.loads((run / "run.json").read_text())
+    assert status["test"]["split"] == "test"
+    report = predict(run, "--split", "test", "--top-k", "1", capsys=capsys)
+    import tensorflow_datasets as tfds
+
+    size = tfds.builder("sklearn_digits").info.splits["test"].num_examples
+    labels = [label for _, label in _raw_test_images(size)]
+    assert len(report["predictions"]) == len(labels) == size
+    assert [p["label"] for p in report["predictions"]] == labels
+    accuracy = np.mean([top == label for top, label in zip(top1(report), labels, strict=True)])
+    assert accuracy == pytest.approx(status["test"]["metrics"]["accuracy"],
+                                     abs=1e-6 + 1 / len(labels))
+
+
 def test_top_k_is_clipped_and_printed(run, capsys):
     report = predict(run, "--split", "test[:2]", "--top-k", "50", capsys=capsys)
     assert report["top_k"] == 10
@@ -146,7 +164,7 @@ def test_native_png_gives_the_split_example_prediction(run, images, capsys):
 
 def test_native_png_preprocesses_exactly_as_the_split(run, images):
     """The PNG's model input equals the split's preprocessed example, bit for bit."""
-    from bnn_cli.build.check import load_run_config
+    from bnn_cli.assemble.check import load_run_config
     from bnn_cli.data import pipeline as data
     from bnn_cli.deploy import predict as prediction
     from bnn_cli.rundir.run import RunDir

@@ -476,24 +476,63 @@ def test_flip_ratio_metric_accepted():
         bq.SteSign(metrics=["flip_rate"])
 
 
+def _flip_ratio_oracle(kernels: list[np.ndarray]) -> float:
+    """FlipRatio's documented result, computed here: the mean over consecutive updates
+    of the share of binary values (sign, with sign(0) = +1) that changed."""
+    signs = [np.where(k >= 0, 1, -1) for k in kernels]
+    return float(np.mean([np.mean(a != b) for a, b in zip(signs[:-1], signs[1:], strict=True)]))
+
+
+def test_flip_ratio_counts_the_flips_of_kernels_set_here():
+    import bnn_cli.metrics  # noqa: F401 - an ImportError fails this test
+
+    layer = QuantDense(5, kernel_quantizer=bq.SteSign(metrics=["flip_ratio"]),
+                       kernel_constraint="weight_clip", use_bias=False)
+    layer.build((None, 4))
+    rng = np.random.default_rng(0)
+    kernels = [rng.choice([-1.0, 1.0], size=(4, 5)).astype(F32) * rng.uniform(0.1, 1.0, (4, 5))
+               for _ in range(4)]
+    kernels[2] = -kernels[1]  # every value flips: 1.0 for that step
+    kernels[3] = kernels[2].copy()  # none does: 0.0 for that one
+    x = np.ones((2, 4), F32)
+    results = []
+    for kernel in kernels:
+        layer.kernel.assign(kernel)
+        layer(x)
+        results.append(float(layer.kernel_quantizer.flip_ratio.result()))
+    assert results[0] == 0.0  # nothing to compare the first values with
+    for t in range(1, len(kernels)):
+        assert results[t] == pytest.approx(_flip_ratio_oracle(kernels[:t + 1]), abs=1e-6)
+    assert results[-1] == pytest.approx((np.mean(kernels[1] * kernels[0] < 0) + 1.0) / 3)
+
+
 def test_flip_ratio_metric_in_training():
-    try:
-        import bnn_cli.metrics  # noqa: F401
-    except ImportError as exc:
-        pytest.xfail(f"bnn_cli.metrics (FlipRatio) not importable yet: {exc}")
+    import bnn_cli.metrics  # noqa: F401 - an ImportError fails this test
+
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((4,)),
-        QuantDense(2, kernel_quantizer=bq.SteSign(metrics=["flip_ratio"]),
-                   kernel_constraint=keras.constraints.MaxNorm(1.0)),
-    ])
+    layer = QuantDense(2, kernel_quantizer=bq.SteSign(metrics=["flip_ratio"]),
+                       kernel_constraint=keras.constraints.MaxNorm(1.0))
+    model = keras.Sequential([keras.Input((4,)), layer])
     model.compile(keras.optimizers.SGD(1.0), "mse")
-    x = np.random.default_rng(0).normal(size=(16, 4)).astype(F32)
-    history = model.fit(x, np.ones((16, 2), F32), epochs=2, batch_size=8, verbose=0)
+    seen: list[list[np.ndarray]] = []  # each epoch's kernels, as each step's forward sees them
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append([])
+
+        def on_train_batch_begin(self, batch, logs=None):
+            seen[-1].append(layer.kernel.numpy().copy())
+
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype(F32)
+    y = np.random.default_rng(1).normal(size=(32, 2)).astype(F32)
+    history = model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0,
+                        callbacks=[Record()])
     names = [k for k in history.history if "flip_ratio" in k]
-    assert names, f"no flip_ratio metric among {list(history.history)}"
-    ratio = history.history[names[0]][-1]
-    assert 0.0 <= ratio <= 1.0
+    assert len(names) == 1, f"no flip_ratio metric among {list(history.history)}"
+    # Each epoch starts the mean again: its first step counts no flips.
+    expected = [_flip_ratio_oracle(kernels) for kernels in seen]
+    assert all(len(kernels) == 4 for kernels in seen) and max(expected) > 0  # (flips happen)
+    np.testing.assert_allclose(history.history[names[0]], expected, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def test_every_recipe_is_listed():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipes_check_stage_by_stage(recipe, tmp_path):
-    from bnn_cli.build.check import check
+    from bnn_cli.assemble.check import check
 
     names, teachers = EXPECTED[recipe.stem]
     dataset = _dataset(recipe)
@@ -98,7 +98,7 @@ def test_small_recipes_train_through_their_stages(recipe, tmp_path):
 def test_fashion_recipes_share_the_single_stage_budget(recipe):
     """The recipes compared with configs/fashion_mnist_bnn.yaml in the accuracy table
     spend its epochs, split among their stages (the same budget, stage by stage)."""
-    from bnn_cli.build.check import check
+    from bnn_cli.assemble.check import check
 
     single = check(ROOT / "configs" / "fashion_mnist_bnn.yaml", allow_unprepared_data=True)
     staged = check(ROOT / "configs" / "recipes" / f"{recipe}.yaml",

@@ -28,7 +28,7 @@ import pytest
 
 from bnn_cli.cli import main
 from bnn_cli.rundir.run import LOCK_FILE, RunDir, RunLock, lock_holder
-from bnn_cli.train import callbacks
+from bnn_cli.training import callbacks
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -316,20 +316,20 @@ def test_a_really_full_disk_marks_the_run_failed(small_disk, tmp_path, capsys, m
     the failed status is written, so both really fail (ENOSPC); the reason still reaches
     the next reader, and --resume finishes once there is space."""
     out, filler = small_disk / "runs", small_disk / "filler"
-    real_save, real_status = callbacks._save_checkpoint, RunDir.write_status
+    real_save, real_status = callbacks._save_checkpoint, RunDir.write_record
 
     def save(job, state, improved):
         if state.epoch == 2:
             _fill(filler)
         real_save(job, state, improved)
 
-    def write_status(self, **fields):
+    def write_record(self, **fields):
         if fields.get("status") == "failed":
             _fill(filler)
         return real_status(self, **fields)
 
     monkeypatch.setattr(callbacks, "_save_checkpoint", save)
-    monkeypatch.setattr(RunDir, "write_status", write_status)
+    monkeypatch.setattr(RunDir, "write_record", write_record)
     assert _train(out) == 2
     err = capsys.readouterr().err
     assert "cannot write a checkpoint" in err and "Traceback" not in err

@@ -55,7 +55,7 @@ def train(config: Path, output: Path, *extra: str) -> Path:
 
 
 def test_each_stage_is_the_file_with_its_changes_then_the_command_line(tmp_path):
-    from bnn_cli.build.check import check
+    from bnn_cli.assemble.check import check
 
     checked = check(write(tmp_path, TWO_STEP), ["training.batch_size=8"])
     first, second = checked.stages
@@ -72,7 +72,7 @@ def test_each_stage_is_the_file_with_its_changes_then_the_command_line(tmp_path)
 
 
 def test_stages_given_on_the_command_line(tmp_path):
-    from bnn_cli.build.check import check
+    from bnn_cli.assemble.check import check
 
     checked = check(QUICKSTART, ["stages=[{name: a, set: {training.epochs: 1}}, {name: b}]"])
     assert [s.checked.spec.training.epochs for s in checked.stages] == [1, 20]
@@ -184,7 +184,7 @@ def test_eval_and_export_use_the_last_stages_model(two_step, capsys):
 def test_a_stage_starts_from_the_weights_the_stage_before_selected(tmp_path):
     """With a learning rate of 1e-12, the second stage ends where it started: with the
     kernels of the first stage's selected checkpoint."""
-    from bnn_cli.build.job import restore
+    from bnn_cli.assemble.job import restore
     from bnn_cli.deploy.export import load_trained
 
     config = write(tmp_path, TWO_STEP.replace("training.learning_rate: 0.002",
@@ -204,7 +204,7 @@ def test_a_stage_starts_from_the_weights_the_stage_before_selected(tmp_path):
 
 def test_carry_weights_by_name_and_shape():
     from bnn_cli._keras import keras
-    from bnn_cli.build.job import carry_weights
+    from bnn_cli.assemble.job import carry_weights
 
     def model(units):
         inp = keras.Input((4,))
@@ -224,7 +224,7 @@ def test_carry_weights_by_name_and_shape():
 
 
 def test_soft_targets_and_attention_maps_by_their_formulas():
-    from bnn_cli.build.distillation import attention_map, soft_target_loss
+    from bnn_cli.assemble.distillation import attention_map, soft_target_loss
 
     rng = np.random.default_rng(0)
     t, s = rng.normal(size=(4, 10)), rng.normal(size=(4, 10))
@@ -284,7 +284,7 @@ def test_resume_continues_inside_the_interrupted_stage(distilled, tmp_path, monk
                                                        after):
     """Stopped after epoch 2 (the first stage's end, before the second began) or 3
     (inside the distilled stage): resuming ends with the uninterrupted run's metrics."""
-    from bnn_cli.train import callbacks
+    from bnn_cli.training import callbacks
 
     original = callbacks._save_checkpoint
 

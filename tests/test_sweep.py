@@ -57,7 +57,13 @@ def test_grid_of_two_values_makes_two_runs_and_a_table_naming_both(tmp_path, cap
     assert sorted(r[LR] for r in rows) == ["0.001", "0.01"]
     assert {r["state"] for r in rows} == {"completed"}
     assert sorted(Path(r["run_dir"]).name for r in rows) == [r.name for r in runs]
-    assert all(float(r["best_val_accuracy"]) > 0 and r["test_accuracy"] for r in rows)
+    for row in rows:  # the table's numbers are the ones each trial's run.json recorded
+        status = json.loads((Path(row["run_dir"]) / "run.json").read_text())
+        assert float(row["best_val_accuracy"]) == pytest.approx(
+            status["best"]["val_accuracy"], abs=1e-4)
+        assert float(row["test_accuracy"]) == pytest.approx(
+            status["test"]["metrics"]["accuracy"], abs=1e-4)
+        assert 0 < float(row["test_accuracy"]) <= 1
     # Each run directory is an ordinary run, trained with its trial's override.
     for row in rows:
         overrides = json.loads((Path(row["run_dir"]) / "overrides.json").read_text())
@@ -76,37 +82,73 @@ def test_grid_of_two_values_makes_two_runs_and_a_table_naming_both(tmp_path, cap
     assert len(_trial_dirs(folder)) == 2 and "epoch 1:" not in err
     assert len(_study(folder).trials) == 2
 
+    # Another sweep in the same folder (the same study) is refused, and nothing runs.
+    before = (folder / "results.csv").read_bytes()
+    assert _sweep(folder, f"{LR}=0.001,0.1") == 2
+    err = capsys.readouterr().err
+    assert "holds another sweep" in err and "Traceback" not in err
+    assert "--output DIR (or --study NAME)" in err
+    assert len(_trial_dirs(folder)) == 2 and len(_study(folder).trials) == 2
+    assert (folder / "results.csv").read_bytes() == before
+
+
+def _sampled(folder: Path, *args: str, capsys) -> list[dict]:
+    """``bnn sweep ... --json`` into ``folder``: its trials' reports."""
+    capsys.readouterr()
+    assert main(["sweep", str(QUICKSTART), *args, *FIXED, "--output", str(folder),
+                 "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["trials"]
+
 
 @pytest.mark.slow
 def test_random_search_with_a_seed_is_reproducible(tmp_path, capsys):
-    args = [f"{LR}=loguniform(1e-3,1e-2)", "model.layers[0].filters=choice(16,32)"]
-    folder = tmp_path / "random"
-    assert main(["sweep", str(QUICKSTART), *args, "training.epochs=1",
-                 "training.steps_per_epoch=2", "training.batch_size=16", "--search", "random",
-                 "--trials", "2", "--seed", "7", "--output", str(folder), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    got = [t["params"] for t in report["trials"]]
+    args = [f"{LR}=loguniform(1e-3,1e-2)", "model.layers[0].filters=choice(16,32)",
+            "--search", "random", "--trials", "2"]
+    trials = _sampled(tmp_path / "a", *args, "--seed", "7", capsys=capsys)
+    got = [t["params"] for t in trials]
     assert len(got) == 2 and got[0] != got[1]
     assert all(1e-3 <= float(p[LR]) <= 1e-2 and p["model.layers[0].filters"] in ("16", "32")
                for p in got)
-    # A fresh study with the same seed samples the same trials (trial by trial, so a
-    # resumed sweep too).
-    import optuna
-
-    space = spacemod.parse_space(args, "random")
-    settings = sweepmod.SweepSettings(QUICKSTART, args, search="random", trials=2, seed=7)
-    study = optuna.create_study(direction="maximize")
-    again = []
-    for i in range(2):
-        study.sampler = sweepmod._sampler(settings, space, i)
-        trial = study.ask()
-        again.append({p.key: p.suggest(trial, "random") for p in space.params})
-        study.tell(trial, 0.5)
-    assert again == got
+    # The same command into a fresh folder (a fresh study) samples the same trials...
+    assert [t["params"] for t in _sampled(tmp_path / "b", *args, "--seed", "7",
+                                          capsys=capsys)] == got
+    # ...and another seed other ones.
+    assert [t["params"] for t in _sampled(tmp_path / "c", *args, "--seed", "8",
+                                          capsys=capsys)] != got
     # Each run directory got its trial's values.
-    for trial in report["trials"]:
+    for trial in trials:
         resolved = (Path(trial["run_dir"]) / "config.resolved.yaml").read_text()
         assert f"filters: {trial['params']['model.layers[0].filters']}" in resolved
+
+
+@pytest.mark.slow
+def test_tpe_search_in_a_named_study(tmp_path, capsys):
+    """``--search tpe --study NAME``: the study in DIR/study.db has that name, and its
+    trials are the sweep's trials, with the sampled values in range."""
+    import optuna
+    import yaml
+
+    folder = tmp_path / "tpe"
+    trials = _sampled(folder, f"{LR}=loguniform(1e-3,1e-2)", "training.seed=int(0,9)",
+                      "--search", "tpe", "--trials", "2", "--seed", "3", "--study", "tiny-tpe",
+                      capsys=capsys)
+    storage = f"sqlite:///{(folder / 'study.db').resolve()}"
+    assert optuna.get_all_study_names(storage) == ["tiny-tpe"]
+    study = optuna.load_study(study_name="tiny-tpe", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    for trial, frozen in zip(trials, study.trials, strict=True):
+        lr, seed = float(trial["params"][LR]), int(trial["params"]["training.seed"])
+        assert 1e-3 <= lr <= 1e-2 and seed in range(10)
+        assert lr == pytest.approx(frozen.params[LR], rel=1e-3)  # what TPE sampled
+        assert seed == frozen.params["training.seed"]
+        # The trial's run trained with those values and reported its best to the study.
+        resolved = yaml.safe_load((Path(trial["run_dir"]) / "config.resolved.yaml").read_text())
+        assert resolved["training"]["seed"] == seed
+        assert resolved["training"]["learning_rate"]["initial"] == pytest.approx(lr)
+        status = json.loads((Path(trial["run_dir"]) / "run.json").read_text())
+        assert frozen.value == pytest.approx(status["best"]["val_accuracy"])
+    rows = _results(folder)
+    assert [r["state"] for r in rows] == ["completed", "completed"]
 
 
 @pytest.mark.slow
@@ -147,25 +189,60 @@ def test_pruned_trials_end_interrupted_and_marked(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_prune_on_the_command_line_stops_a_trial_worse_than_the_median(tmp_path, capsys):
+    """``bnn sweep --prune``: after two completed trials (the median pruner's start-up), a
+    trial that cannot learn (a learning rate of 1e-9) is stopped once it is past its
+    warm-up epochs (2) and worse than their median; its run ends interrupted, marked."""
+    from bnn_cli.experiments.table import list_runs
+
+    folder = tmp_path / "prune"
+    epochs = 8
+    capsys.readouterr()
+    assert main(["sweep", str(QUICKSTART), f"{LR}=0.01,0.005,1.0e-9", f"training.epochs={epochs}",
+                 "training.steps_per_epoch=5", "training.batch_size=16", "--prune",
+                 "--output", str(folder), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    study = _study(folder)
+    # (The grid runs in the order listed: pinned here, as the pruner needs two done first.)
+    assert [t.params[LR] for t in study.trials] == ["0.01", "0.005", "1.0e-9"], \
+        "the grid's order changed: the trial meant to be pruned is not the third"
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert [r["state"] for r in report["trials"]] == ["completed", "completed", "pruned"]
+    done, pruned = study.trials[:2], study.trials[2]
+    stopped_at = max(pruned.intermediate_values)
+    assert 3 <= stopped_at < epochs
+    median = sorted(t.intermediate_values[stopped_at] for t in done)
+    assert max(pruned.intermediate_values.values()) < (median[0] + median[1]) / 2
+    rows = {Path(r["path"]).name: r for r in list_runs(folder).rows}
+    row = rows[Path(report["trials"][2]["run_dir"]).name]
+    assert row["status"] == "interrupted" and "median pruner" in row["pruned"]
+    assert stopped_at <= row["epochs_done"] < epochs
+    assert all(r["status"] == "completed" and r["epochs_done"] == epochs
+               for name, r in rows.items() if name != Path(row["path"]).name)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_a_sweep_killed_in_its_second_trial_resumes_it_and_runs_no_trial_twice(tmp_path, sig):
     """kill -9 of the sweep (its trial gets SIGTERM from the kernel), or a Ctrl-C (the
     sweep passes it on and exits 130): either way the next command resumes the trial."""
     folder = tmp_path / "killed"
-    args = [str(QUICKSTART), f"{LR}=0.001,0.003,0.01", "training.epochs=3",
+    epochs = 10  # (the kill lands with most of the second trial still to run)
+    args = [str(QUICKSTART), f"{LR}=0.001,0.003,0.01", f"training.epochs={epochs}",
             "training.steps_per_epoch=3", "training.batch_size=16", "--output", str(folder)]
     proc = subprocess.Popen([sys.executable, "-m", "bnn_cli.cli", "sweep", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 300
     second = None
-    while second is None:
+    while second is None:  # the event: the second trial's first checkpoint exists
         assert proc.poll() is None and time.monotonic() < deadline, "sweep ended early"
-        found = list((folder / "trials").glob("*-trial-0002-*/metrics.jsonl")) \
+        found = list((folder / "trials").glob("*-trial-0002-*/checkpoints/last.json")) \
             if (folder / "trials").is_dir() else []
-        if found and found[0].read_text().strip():
-            second = found[0].parent
+        if found:
+            second = found[0].parent.parent
         time.sleep(0.05)
+    assert lock_holder(second) is not None, "the second trial ended before the kill"
     os.kill(proc.pid, sig)  # the sweep only (its trial is in a process group of its own)
     assert proc.wait(timeout=120) == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
     while lock_holder(second) is not None:  # (the trial saves a checkpoint and ends)
@@ -173,6 +250,8 @@ def test_a_sweep_killed_in_its_second_trial_resumes_it_and_runs_no_trial_twice(t
         time.sleep(0.1)
     from bnn_cli.experiments.table import list_runs
 
+    cut = RunDir(second).read_status()
+    assert cut["epochs_done"] < epochs, "the second trial finished before the kill landed"
     statuses = {Path(r["path"]).name: r["status"] for r in list_runs(folder).rows}
     assert statuses[second.name] == "interrupted"
     assert sorted(statuses.values()) == ["completed", "interrupted"]
@@ -184,7 +263,7 @@ def test_a_sweep_killed_in_its_second_trial_resumes_it_and_runs_no_trial_twice(t
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert sorted(t.params[LR] for t in study.trials) == ["0.001", "0.003", "0.01"]
     rows = [json.loads(x) for x in (second / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     logs = {p.name: p.read_text() for p in (folder / "logs").iterdir()}
     assert logs["trial-0002.log"].count("\n$ ") == 2 and "--resume" in logs["trial-0002.log"]
     assert logs["trial-0001.log"].count("\n$ ") == 1  # (trial 1 did not run again)
@@ -241,19 +320,6 @@ def test_every_grid_point_is_checked_before_anything_is_written(tmp_path, capsys
     assert code == 2 and "unknown quantizer 'ste_sgn'" in err and "did you mean" in err
     assert "nothing was run or written" in err and "Traceback" not in err
     assert not folder.exists()
-
-
-def test_another_sweep_in_the_same_study_is_refused(tmp_path, capsys):
-    folder = tmp_path / "s"
-    folder.mkdir()
-    space = spacemod.parse_space([f"{LR}=0.001,0.01"], "grid")
-    settings = sweepmod.SweepSettings(QUICKSTART, [f"{LR}=0.001,0.01"], output=folder)
-    definition = sweepmod._definition(settings, space)
-    sweepmod._open_study(settings, space, folder, "max", definition)
-    other = spacemod.parse_space([f"{LR}=0.001,0.1"], "grid")
-    with pytest.raises(sweepmod.UserError, match="holds another sweep"):
-        sweepmod._open_study(settings, other, folder, "max",
-                             sweepmod._definition(settings, other))
 
 
 def test_the_space_language():

@@ -39,7 +39,7 @@ def _train(tmp_path: Path, *extra: str) -> tuple[int, Path]:
 
 
 def _weights(run: Path) -> list[np.ndarray]:
-    from bnn_cli.build.vetting import load_vetted_model
+    from bnn_cli.assemble.vetting import load_vetted_model
 
     return load_vetted_model(run / "model.keras").get_weights()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bnn_cli.build.model import build_optimizer
+from bnn_cli.assemble.model import build_optimizer
 from bnn_cli.cli import main
 from bnn_cli.config.schema import Schedule, TrainingConfig
 from bnn_cli.schedules import EpochSchedule
@@ -119,8 +119,8 @@ def test_steps_per_execution_trains_the_same_steps(tmp_path, monkeypatch):
 
 
 def test_jit_compile_switch_reaches_the_training_step(tmp_path, monkeypatch):
-    from bnn_cli.build.check import check
-    from bnn_cli.build.job import prepare
+    from bnn_cli.assemble.check import check
+    from bnn_cli.assemble.job import prepare
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     checked = check(QUICKSTART, ["runtime.jit_compile=true",

@@ -48,7 +48,7 @@ def test_train_expands_and_checks_the_model_once(tmp_path, monkeypatch):
         return wrapper
 
     monkeypatch.setattr(checks, "expand", counted("expand", expand))
-    import bnn_cli.train.loop as training
+    import bnn_cli.training.loop as training
 
     monkeypatch.setattr(training, "check", counted("check", check))
     code = main(["train", str(QUICKSTART), *TINY, "--output", str(tmp_path)])
@@ -57,7 +57,7 @@ def test_train_expands_and_checks_the_model_once(tmp_path, monkeypatch):
 
 
 def test_two_unnamed_uses_of_a_block_get_their_own_names(tmp_path):
-    from bnn_cli.build.model import build_model
+    from bnn_cli.assemble.model import build_model
 
     path = tmp_path / "blocks.yaml"
     path.write_text("""

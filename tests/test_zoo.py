@@ -17,7 +17,7 @@ import pytest
 
 from bnn_cli import quantizers, zoo
 from bnn_cli._keras import keras, tf
-from bnn_cli.build.report import check_config
+from bnn_cli.assemble.report import check_config
 from bnn_cli.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +113,8 @@ def test_unknown_dataset_is_still_an_error_for_check(capsys):
                                           ("DoReFaNet", 64)])
 def test_zoo_model_saves_and_loads(name, side, tmp_path):
     """The new components serialize: a saved model loads with the same outputs."""
-    from bnn_cli.build.check import check
-    from bnn_cli.build.model import build_model
+    from bnn_cli.assemble.check import check
+    from bnn_cli.assemble.model import build_model
     from bnn_cli.models import load_model
 
     checked = check(zoo_config(name), [f"model.inputs[0].shape=[{side},{side},3]",

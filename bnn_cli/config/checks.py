@@ -5,16 +5,18 @@ the schema, imports the plugins, expands the model into its graph and checks eve
 and value against the registry and Keras: layer types and arguments, quantizers,
 constraints, activations, initializers, regularizers, the graph's inputs and cycles,
 the loss, metrics, optimizer, monitored metric and the data. Every problem in the file
-is reported at once, each with its file, line and key. :mod:`bnn_cli.build.model`
+is reported at once, each with its file, line and key. :mod:`bnn_cli.assemble.model`
 consumes the result and checks nothing again.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from bnn_cli._keras import keras
+from bnn_cli.config.argtypes import construction_problem, plain_mismatch
 from bnn_cli.config.graph import Graph, Node, cycles, expand, topological
 from bnn_cli.config.schema import (
     Config,
@@ -70,6 +72,8 @@ def _node_problems(config: Config, node: Node, known: set[str],
         message = message or _value_problem(value)
         if message:
             problems.append(report(path, message))
+    if not problems and isinstance(entry.obj, type):
+        problems += _type_problems(entry, node, report)
     for ref in node.inputs:
         if ref.startswith("?") or ref not in known:
             name = ref.lstrip("?")
@@ -77,6 +81,30 @@ def _node_problems(config: Config, node: Node, known: set[str],
                                    f"{did_you_mean(name, known)}; inputs name earlier "
                                    f"layers or {', '.join(repr(i) for i in inputs)}"))
     return problems
+
+
+def _type_problems(entry: Entry, node: Node,
+                   report: Callable[[PathKey, str], Problem]) -> list[Problem]:
+    """Arguments of the wrong type, located at the argument: those Keras would take
+    silently or refuse later, then what constructing the layer refuses (components are
+    left out of that: they are checked above and resolved only when the model is built;
+    so are all refusals but typed ones when one was left out, as it may be the cause)."""
+    def where(arg: str) -> PathKey:
+        return node.arg_paths.get(arg, (*node.path, arg))
+
+    plain = {a: v for a, v in node.args.items() if a != "name" and not component_kind(a)}
+    found = [report(where(a), m) for a, v in plain.items() if (m := plain_mismatch(entry, a, v))]
+    refused = None if found else construction_problem(entry, plain)
+    if refused is None:
+        return found
+    arg, message = refused
+    typed = arg is not None and message.startswith("expected ")
+    if not typed and len(plain) < len(node.args) - ("name" in node.args):
+        return []
+    if arg is None:
+        return [report((*node.path, "type"), f"layer {node.type} refuses its arguments: "
+                                             f"{message}")]
+    return [report(where(arg), message)]
 
 
 def _value_problem(value: Any) -> str | None:

@@ -224,9 +224,9 @@ class TrainingConfig(Strict):
 
 
 class RuntimeConfig(Strict):
-    """Where and in what precision training runs (see :mod:`bnn_cli.build.strategy` and
-    :mod:`bnn_cli.build.mixed_precision`). ``training.batch_size`` is the global batch: it is split
-    evenly over the replicas, so it must divide by their number."""
+    """Where and in what precision training runs (see :mod:`bnn_cli.assemble.strategy`
+    and :mod:`bnn_cli.assemble.mixed_precision`). ``training.batch_size`` is the global
+    batch: it is split evenly over the replicas, so it must divide by their number."""
 
     # default: one device; mirrored: every local GPU (or `devices`); multi_worker_mirrored:
     # the hosts TF_CONFIG names; tpu: the TPU cores of TPUClusterResolver.

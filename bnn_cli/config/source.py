@@ -404,10 +404,54 @@ def _compose(text: str, source: str) -> tuple[_Loader, yaml.Node | None]:
         mark = exc.problem_mark or exc.context_mark
         where = _where(mark, source) if mark else Location(source)
         problem = exc.problem or exc.context or "invalid YAML"
+        line = _culprit_line(text, exc)
+        if line is not None and mark is not None and line != mark.line:
+            where = Location(source, line + 1, _indent(text.splitlines()[line]) + 1)
+            problem += f" (noticed at line {mark.line + 1})"
         raise UserError(f"{where}: YAML syntax error: {problem}. Check the indentation and "
                         "quoting around this position.") from None
     except yaml.YAMLError as exc:  # e.g. several documents in one file
         raise UserError(f"{source}: YAML error: {exc}") from None
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _culprit_line(text: str, exc: yaml.MarkedYAMLError) -> int | None:
+    """The 0-based line a syntax error is about, where that is not the line PyYAML
+    noticed it on: a key without its ':' (the scanner reads on to the next line), or a
+    line whose indentation differs from its neighbours' while the next one's agrees with
+    them (PyYAML takes the odd line as the start of a block and objects to the next)."""
+    if exc.problem_mark is None:
+        return None
+    if exc.context == "while scanning a simple key" and exc.context_mark is not None:
+        return exc.context_mark.line
+    if not (exc.problem or "").startswith(("expected <block end>",
+                                           "mapping values are not allowed")):
+        return None
+    lines = text.splitlines()
+    content = [i for i, ln in enumerate(lines)
+               if ln.strip() and not ln.lstrip().startswith("#")]
+    here = exc.problem_mark.line
+    if here not in content or content.index(here) == 0:
+        return None
+    at = content.index(here)
+    indent = _indent(lines[here])
+    before = content[at - 1]
+    # Siblings of the noticed line: the line before the odd one unless it opens a block
+    # (a parent), the line after unless the noticed line opens one (a child).
+    siblings = [content[j] for j, parent in ((at - 2, at - 2), (at + 1, at))
+                if 0 <= j < len(content) and not _opens_block(lines[content[parent]])]
+    if _indent(lines[before]) != indent and any(_indent(lines[j]) == indent
+                                                for j in siblings):
+        return before
+    return None
+
+
+def _opens_block(line: str) -> bool:
+    """``key:`` or ``- key:`` with nothing after (but a comment): a block follows."""
+    return line.split(" #")[0].rstrip().endswith(":")
 
 
 def load_yaml(path: str | Path) -> Document:

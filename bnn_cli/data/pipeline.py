@@ -345,11 +345,12 @@ def _parse_name(dataset: str) -> str:
     try:
         name, _ = naming.parse_builder_name_kwargs(dataset)
     except ValueError as err:
-        raise UserError(f"invalid dataset name {dataset!r}: {_first_line(err)}") from None
+        raise DatasetNameError(f"invalid dataset name {dataset!r}: {_first_line(err)}") \
+            from None
     if name.namespace:
         # Namespaced datasets (huggingface:, kaggle:, community) are fetched from the
         # network by TFDS, which this tool never does.
-        raise UserError(
+        raise DatasetNameError(
             f"dataset {dataset!r} names the remote namespace {name.namespace!r}; only "
             "datasets prepared in a local TFDS data_dir are supported (write versions "
             "as 'name:1.2.3', e.g. 'mnist:3.0.1')"
@@ -371,11 +372,18 @@ def _prepare_embedded(builder: tfds.core.DatasetBuilder, data_dir: str | None) -
         ) from None
 
 
+class DatasetNameError(UserError):
+    """``data.dataset`` names nothing TFDS can open here: a mistake in the config, which
+    the config check reports at the key (file:line), as it reports its other keys."""
+
+    key = "dataset"
+
+
 def _unknown_dataset(dataset: str, name: str, data_dir: str | None) -> UserError:
     known = tfds.list_builders(with_community_datasets=False)
-    return UserError(
-        f"unknown dataset {dataset!r}: TFDS has no builder of that name and no prepared "
-        f"copy was found in {_where(data_dir)}{did_you_mean(name, known)}"
+    return DatasetNameError(
+        f"unknown dataset {dataset!r}{did_you_mean(name, known)} (TFDS has no builder of "
+        f"that name, and no prepared copy was found in {_where(data_dir)})"
     )
 
 

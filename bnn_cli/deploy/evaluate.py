@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bnn_cli.build.vetting import read_weights, vet_model_file
+from bnn_cli.assemble.vetting import read_weights, vet_model_file
 from bnn_cli.config.schema import Config
 from bnn_cli.errors import UserError
 from bnn_cli.rundir.run import (
@@ -21,9 +21,9 @@ from bnn_cli.rundir.run import (
 )
 
 if TYPE_CHECKING:
-    from bnn_cli.build.job import Job
+    from bnn_cli.assemble.job import Job
 from bnn_cli.config.monitor import selection
-from bnn_cli.train.evaluation import EvalReport, evaluate, evaluate_checkpoint
+from bnn_cli.training.evaluation import EvalReport, evaluate, evaluate_checkpoint
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -45,8 +45,8 @@ def load_target(target: str | Path, *, checkpoint: str = "best", data_dir: str |
     The model is always built from a checked config (``config``, else the run's stored
     one, whose plugins are imported only with ``trust_plugins``); a model file gives
     only its weights."""
-    from bnn_cli.build.check import check, load_run_config
-    from bnn_cli.build.job import prepare
+    from bnn_cli.assemble.check import check, load_run_config
+    from bnn_cli.assemble.job import prepare
 
     target = Path(target)
     if not target.exists():
@@ -146,14 +146,12 @@ _LISTED = 20  # run directories named in the message about a folder of runs
 def _run_summary(run: RunDir) -> str:
     """``completed, 3/3 epochs`` from a run's run.json (``unreadable run.json`` if it is not)."""
     try:
-        status = run.read_status()
+        record = run.read_record()
     except UserError:
-        status = None
-    if not isinstance(status, dict):
         return f"unreadable {RUN_FILE}"
-    done, total = status.get("epochs_done", 0), status.get("epochs")
+    done, total = record.epochs_done or 0, record.epochs
     epochs = f"{done}/{total} epochs" if total else f"{done} epoch(s) done"
-    return f"{status.get('status', 'unknown status')}, {epochs}"
+    return f"{record.status or 'unknown status'}, {epochs}"
 
 
 def _pointer_naming(run: RunDir, checkpoint: Checkpoint, *, prefer: str) -> str | None:
@@ -168,7 +166,7 @@ def _pointer_naming(run: RunDir, checkpoint: Checkpoint, *, prefer: str) -> str 
 def _stored_run_config(run: RunDir, trust_plugins: bool) -> Config | None:
     """The run's own config (for how its checkpoints were chosen), or None if unreadable
     (or if it names plugins that are not trusted)."""
-    from bnn_cli.build.check import load_run_config
+    from bnn_cli.assemble.check import load_run_config
 
     with contextlib.suppress(UserError):
         return load_run_config(run, trust_plugins=trust_plugins).final.config

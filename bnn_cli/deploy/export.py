@@ -54,7 +54,7 @@ class ExportReport:
     trained_accuracy: float  # the trained model's, on the same examples
     check_file: str
     # lce: the layers predicted binary and those of the file's LceBconv2d ops
-    # (predicted, found, missing, unexpected); see bnn_cli.build.deployability
+    # (predicted, found, missing, unexpected); see bnn_cli.assemble.deployability
     binary_ops: dict[str, list[str]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -256,7 +256,7 @@ def load_trained(target: str | Path, *, checkpoint: str, data_dir: str | None,
                  trust_plugins: bool) -> tuple[Any, str | None, RunDir | None]:
     """The job (model built from the checked config) with the target's weights loaded,
     the checkpoint's name (None for a model file) and the run directory (if any)."""
-    from bnn_cli.build.job import restore
+    from bnn_cli.assemble.job import restore
     from bnn_cli.deploy.evaluate import load_target
 
     found = load_target(target, checkpoint=checkpoint, data_dir=data_dir, config=config,

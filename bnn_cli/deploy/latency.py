@@ -133,6 +133,8 @@ def _float_beside(path: Path) -> Path | None:
 
 
 def _tflite_format(path: Path) -> str:
+    if path.is_dir():
+        raise UserError(_folder_message(path))
     if not path.is_file():
         raise UserError(f"{path}: no such file; pass a .tflite file that `bnn export "
                         "--format tflite|lce` wrote")
@@ -142,6 +144,19 @@ def _tflite_format(path: Path) -> str:
                         "benchmark-model times what runs on devices: export it with "
                         "`bnn export RUN --format tflite` or `--format lce` first")
     return fmt
+
+
+def _folder_message(folder: Path) -> str:
+    """What benchmark-model takes, for a folder given instead: a run directory's (or an
+    export folder's) .tflite files by name, where it has some."""
+    found = sorted({*folder.glob("*.tflite"), *folder.glob("export/*.tflite")})
+    if found:
+        names = ", ".join(str(f) for f in found)
+        return (f"{folder} is a folder; benchmark-model times one .tflite file: pass one "
+                f"of {names}")
+    return (f"{folder} is a folder, with no .tflite file in it or in its export/; "
+            "benchmark-model times a .tflite file that `bnn export RUN --format tflite` "
+            f"(or lce) wrote, e.g. {folder / 'export' / FLOAT_NAME}")
 
 
 def _alternate(loaded: list[runtimes.Runtime], runs: int, warmup: int) -> list[list[float]]:

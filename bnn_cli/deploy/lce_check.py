@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from bnn_cli._keras import keras
-from bnn_cli.build.deployability import (
+from bnn_cli.assemble.deployability import (
     BINARY_OP,
     BITPACK_WIDTH,
     flat_layers,

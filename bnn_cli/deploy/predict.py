@@ -23,7 +23,7 @@ from bnn_cli.errors import UserError
 from bnn_cli.rundir.run import find_run_dir
 
 if TYPE_CHECKING:
-    from bnn_cli.build.check import CheckedConfig
+    from bnn_cli.assemble.check import CheckedConfig
 
 IMAGE_KINDS = "PNG, JPEG, BMP or GIF"
 _PROBABILITY_SLACK = 0.05  # rows of an int8 model's dequantized softmax sum to 1 +- this
@@ -149,7 +149,7 @@ def _load_export(target: Path, *, data_dir: str | None, config: str | Path | Non
 
     # The config first: its plugins must be registered before a .keras file is read.
     if config is not None:
-        from bnn_cli.build.check import check
+        from bnn_cli.assemble.check import check
 
         checked, source = check(config, data_dir=data_dir).final, f"config {config}"
     else:
@@ -158,7 +158,7 @@ def _load_export(target: Path, *, data_dir: str | None, config: str | Path | Non
             raise UserError(f"{target} is not inside a run directory, so nothing says how "
                             "its inputs are preprocessed or what its classes are called; "
                             "pass --config CONFIG.yaml (the config it was trained with)")
-        from bnn_cli.build.check import load_run_config
+        from bnn_cli.assemble.check import load_run_config
 
         checked = load_run_config(run, data_dir, trust_plugins=trust_plugins).final
         source = f"config of run {run.path}"

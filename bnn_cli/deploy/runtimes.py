@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from bnn_cli._keras import tf
-from bnn_cli.build.vetting import model_format
+from bnn_cli.assemble.vetting import model_format
 from bnn_cli.errors import UserError
 
 FORMATS = ("keras", "saved_model", "tflite", "lce")
@@ -44,7 +44,7 @@ def lce_package() -> ModuleType:
 
 def detect_format(path: str | Path) -> str:
     """``keras``, ``saved_model``, ``tflite`` or ``lce`` (a flatbuffer with LCE operations):
-    :func:`~bnn_cli.build.vetting.model_format`'s verdict, in the runtimes' terms."""
+    :func:`~bnn_cli.assemble.vetting.model_format`'s verdict, in the runtimes' terms."""
     fmt = model_format(Path(path))
     if fmt == "tflite":
         return "lce" if lce_operators(Path(path).read_bytes()) else "tflite"
@@ -117,7 +117,7 @@ class KerasRuntime(Runtime):
     name = "keras"
 
     def __init__(self, path: Path) -> None:
-        from bnn_cli.build.vetting import load_vetted_model
+        from bnn_cli.assemble.vetting import load_vetted_model
 
         # Vetted: a .keras file can name code, and this one comes from outside the run.
         self.model = load_vetted_model(path)

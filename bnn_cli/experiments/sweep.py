@@ -53,6 +53,7 @@ from bnn_cli.experiments.space import (
     points_to_check,
     yaml_number,
 )
+from bnn_cli.rundir.record import RunRecord
 from bnn_cli.rundir.run import RunDir, atomic_write_text, lock_holder, safe_name
 
 STATE_NAMES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed",
@@ -201,7 +202,7 @@ def check_points(settings: SweepSettings, space: Space) -> Any:
     """``bnn check`` every config the sweep can make (each grid point; for random/TPE each
     range's ends and each listed value) before anything is written. Returns the first
     point's checked config (its monitor and mode are the sweep's)."""
-    from bnn_cli.build.check import check
+    from bnn_cli.assemble.check import check
 
     points = list(points_to_check(space, settings.search))
     _say(f"checking {len(points)} config{'s' if len(points) != 1 else ''} of the sweep...")
@@ -505,10 +506,10 @@ class _Runner:
     def outcome(self, trial: _Trial, code: int, pruned_at: int | None,
                 log_path: Path) -> tuple[str, Any]:
         run_dir = self.run_dir_of(trial)
-        status = RunDir(run_dir).read_status_safely() if run_dir else {}
-        state = status.get("status")
+        record = RunDir(run_dir).read_record_safely() if run_dir else RunRecord()
+        state = record.status
         if state == "completed":
-            value = (status.get("best") or {}).get(self.monitor)
+            value = record.best_value(self.monitor)
             if not _finite(value):
                 return "FAIL", f"the run completed without a finite {self.monitor}"
             return "COMPLETE", float(value)
@@ -519,7 +520,7 @@ class _Runner:
         if self.signals.received is not None or state == "interrupted" or code in (
                 EXIT_SIGINT, EXIT_SIGTERM, -signal.SIGKILL, -signal.SIGTERM):
             return "RUNNING", f"interrupted (exit {code})"
-        reason = status.get("error") or _last_error(log_path) or f"bnn train exited {code}"
+        reason = record.error or _last_error(log_path) or f"bnn train exited {code}"
         return "FAIL", reason
 
     def mark_pruned(self, run_dir: Path, epoch: int) -> None:
@@ -536,7 +537,7 @@ class _Runner:
                     return
                 time.sleep(0.2)
         try:
-            run.write_status(pruned=f"by the sweep's median pruner after epoch {epoch}")
+            run.write_record(pruned=f"by the sweep's median pruner after epoch {epoch}")
         finally:
             run.unlock()
 
@@ -721,21 +722,21 @@ def collect(study: Any, folder: Path, keys: list[str], monitor: str, mode: str,
     metrics: list[str] = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         run_dir = t.user_attrs.get("run_dir")
-        status: dict[str, Any] = {}
+        record = RunRecord()
         if run_dir and Path(run_dir).is_dir():
-            status = RunDir(run_dir).read_status_safely()
-        test = ((status.get("test") or {}).get("metrics") or {}) if status else {}
+            record = RunDir(run_dir).read_record_safely()
+        test = record.test_metrics
         metrics += [m for m in test if m not in metrics and not m.startswith("flip_ratio")]
-        value = t.value if t.value is not None else (status.get("best") or {}).get(monitor)
+        value = t.value if t.value is not None else record.best_value(monitor)
         state = STATE_NAMES.get(t.state.name, t.state.name.lower())
-        if state == "running" and status.get("status") in ("interrupted", "failed"):
+        if state == "running" and record.status in ("interrupted", "failed"):
             state = "interrupted"  # (its sweep was stopped: the next one resumes it)
         rows.append({"trial": t.number + 1, "optuna_number": t.number, "state": state,
                      "params": dict(t.user_attrs.get("point") or _texts(t.params)),
                      "value": value,
-                     "best_epoch": (status.get("best") or {}).get("epoch"),
-                     "test": test, "epochs": status.get("epochs_done"),
-                     "wall_time": status.get("wall_time"), "run_dir": run_dir,
+                     "best_epoch": (record.best or {}).get("epoch"),
+                     "test": test, "epochs": record.epochs_done,
+                     "wall_time": record.wall_time, "run_dir": run_dir,
                      "host": (t.user_attrs.get("owner") or {}).get("host"),
                      "reason": t.user_attrs.get("reason")})
     return SweepReport(folder, study.study_name, storage, monitor, mode, keys, rows,

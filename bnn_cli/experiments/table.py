@@ -1,6 +1,6 @@
 """``bnn runs``: one row per run directory under a folder.
 
-A run's status is :meth:`RunDir.read_status`'s: a ``running`` run.json whose lock no live
+A run's status is :meth:`RunDir.read_record`'s: a ``running`` run.json whose lock no live
 process holds (``kill -9``, a crashed host) reads ``interrupted``, never ``running``. The
 ``overrides`` column shows what distinguishes a run from its siblings (the runs in the
 same folder, e.g. a sweep's trials): the resolved-config keys whose values differ among
@@ -54,12 +54,12 @@ def _mode(config: dict[str, Any] | None, monitor: str | None) -> str:
 
 def run_row(path: Path, root: Path) -> dict[str, Any]:
     """What ``bnn runs`` shows of one run directory (and ``--json`` prints)."""
-    status = RunDir(path).read_status_safely()
+    record = RunDir(path).read_record_safely()
     config = resolved_config(path)
-    best = status.get("best") or {}
+    best = record.best or {}
     monitor = next((k for k in best if k != "epoch"), None) or \
         (config or {}).get("training.monitor")
-    state = status.get("status") or "unknown"
+    state = record.status or "unknown"
     if state == "starting":
         state = "running"  # (a live process creating its first checkpoint)
     try:
@@ -68,14 +68,14 @@ def run_row(path: Path, root: Path) -> dict[str, Any]:
         name = str(path)
     if name == ".":
         name = path.resolve().name
-    test = (status.get("test") or {}).get("metrics") or {}
+    test = record.test_metrics
     return {"name": name, "path": str(path), "status": state,
-            "pruned": status.get("pruned"), "epochs_done": status.get("epochs_done", 0),
-            "epochs": status.get("epochs"), "monitor": monitor,
+            "pruned": record.pruned, "epochs_done": record.epochs_done or 0,
+            "epochs": record.epochs, "monitor": monitor,
             "mode": _mode(config, monitor), "best": best.get(monitor) if monitor else None,
             "best_epoch": best.get("epoch"), "test": test,
-            "wall_time": status.get("wall_time"), "started": status.get("started"),
-            "error": status.get("error"), "overrides": {}, "_config": config}
+            "wall_time": record.wall_time, "started": record.started,
+            "error": record.error, "overrides": {}, "_config": config}
 
 
 def _distinguish(rows: list[dict[str, Any]]) -> None:

@@ -56,13 +56,13 @@ from pathlib import Path
 from typing import Any
 
 from bnn_cli.errors import UserError
+from bnn_cli.rundir.record import RunRecord
 
 RUN_FILE = "run.json"
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 STATE = "state.json"
 LOCK_FILE = ".lock"
-LIVE_STATUSES = ("starting", "running")
 """Statuses that claim a process is working in the run (true only while it holds the lock)."""
 
 
@@ -528,45 +528,49 @@ class RunDir:
 
     # -- status --------------------------------------------------------------------------
 
-    def read_status(self) -> dict[str, Any]:
+    def read_record(self) -> RunRecord:
         """run.json as it is true now: a ``starting``/``running`` status whose lock no
         live process holds reads ``interrupted`` (the process was killed), or ``failed``
         with the reason its process left in the lock file when it could not write
         run.json (a full disk). Reading never writes: the next writer fixes the file."""
-        status = self.read_status_file()
-        if isinstance(status, dict) and status.get("status") in LIVE_STATUSES \
-                and lock_holder(self.path) is None:
+        record = self.read_record_file()
+        if record.live and lock_holder(self.path) is None:
             ended = _last_holder(self.path)
             if ended.get("ended"):
-                return {**status, "status": ended["ended"], "error": ended.get("error")}
-            return {**status, "status": "interrupted"}
-        return status
+                return record.updated(status=ended["ended"], error=ended.get("error"))
+            return record.updated(status="interrupted")
+        return record
+
+    def read_record_safely(self) -> RunRecord:
+        """:meth:`read_record`, or an empty record where run.json cannot be read."""
+        try:
+            return self.read_record()
+        except UserError:
+            return RunRecord()
+
+    def read_status(self) -> dict[str, Any]:
+        """:meth:`read_record` as run.json's plain object."""
+        return self.read_record().to_json()
 
     def effective_status(self) -> str | None:
-        """The run's status as :meth:`read_status` tells it (None if unreadable)."""
-        status = self.read_status_safely()
-        return status.get("status") if isinstance(status, dict) else None
+        """The run's status as :meth:`read_record` tells it (None if unreadable)."""
+        return self.read_record_safely().status
 
-    def read_status_file(self) -> dict[str, Any]:
+    def read_record_file(self) -> RunRecord:
         """run.json as written (``running`` even if its process is gone)."""
         path = self.file(RUN_FILE)
-        return read_json(path) if path.exists() else {}
+        return RunRecord.from_json(read_json(path) if path.exists() else {})
 
-    def write_status(self, **fields: Any) -> dict[str, Any]:
-        """Update run.json (by the process that holds the lock)."""
+    def write_record(self, **fields: Any) -> RunRecord:
+        """Update run.json's ``fields`` (by the process that holds the lock); a field set
+        to None is cleared. An unreadable run.json is replaced."""
         try:
-            old = self.read_status_file()
+            old = self.read_record_file()
         except UserError:
-            old = {}
-        status = {**(old if isinstance(old, dict) else {}), **fields}
-        atomic_write_json(self.file(RUN_FILE), status)
-        return status
-
-    def read_status_safely(self) -> dict[str, Any]:
-        try:
-            return self.read_status()
-        except UserError:
-            return {}
+            old = RunRecord()
+        record = old.updated(**fields)
+        atomic_write_json(self.file(RUN_FILE), record.to_json())
+        return record
 
     # -- metrics ---------------------------------------------------------------------------
 

@@ -24,9 +24,9 @@ from typing import Any
 import yaml
 
 from bnn_cli._keras import keras, tf
-from bnn_cli.build import strategy as distribute
-from bnn_cli.build.check import CheckedConfig, CheckedStage, check, load_run_config
-from bnn_cli.build.job import (
+from bnn_cli.assemble import strategy as distribute
+from bnn_cli.assemble.check import CheckedConfig, CheckedStage, check, load_run_config
+from bnn_cli.assemble.job import (
     Job,
     carry_weights,
     check_training_step,
@@ -44,8 +44,8 @@ from bnn_cli.rundir.run import (
     atomic_write_json,
     atomic_write_text,
 )
-from bnn_cli.train.callbacks import Epochs, Guard, Progress, signals_to
-from bnn_cli.train.outcomes import (
+from bnn_cli.training.callbacks import Epochs, Guard, Progress, signals_to
+from bnn_cli.training.outcomes import (
     TrainResult,
     already_completed,
     crashed,
@@ -54,7 +54,7 @@ from bnn_cli.train.outcomes import (
     finish,
     interrupted,
 )
-from bnn_cli.train.state import LoopState, training_done
+from bnn_cli.training.state import LoopState, training_done
 
 
 def _stage_data(job: Job, state: LoopState, end: int) -> tuple[tf.data.Dataset, Any]:
@@ -103,7 +103,7 @@ def _train_stage(job: Job, state: LoopState, total: int | None = None) -> TrainR
     callbacks = [guard, Progress(total, job.steps_per_epoch),
                  tensorboard, epochs]  # (the guard first, the bookkeeping last)
     state.history = state.history or []
-    job.run.write_status(status="running", epochs=total, **epochs.stage)
+    job.run.write_record(status="running", epochs=total, **epochs.stage)
     with signals_to(guard):
         if not training_done(training, state):
             end = state.stage_start + training.epochs
@@ -169,12 +169,13 @@ def train_from_config(config_path: str | Path, overrides: list[str], *,
         config = checked.config
 
         def fill(run: RunDir) -> None:
-            run.write_status(status="starting", name=config.name,
+            run.write_record(status="starting", name=config.name,
                              config_path=str(Path(config_path).resolve()),
+                             data_dir=_absolute(checked.data_dir),
                              started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                              runtime=distribute.describe(config.spec.runtime))
             _write_run_files(run, config, overrides, job.model, plugins)
-            from bnn_cli.train.hparams import write_hparams
+            from bnn_cli.training.hparams import write_hparams
             write_hparams(run, config, overrides)  # once, for TensorBoard's HParams
 
         run = job.run = RunDir.create(output_root, config.name, fill)  # (locked)
@@ -182,6 +183,11 @@ def train_from_config(config_path: str | Path, overrides: list[str], *,
             if distribute.is_chief():
                 sys.stderr.write(f"run directory: {run.path}\n")
             return run_loop(job, LoopState(), checked.stages)
+
+
+def _absolute(folder: str | None) -> str | None:
+    """A data_dir the run can find again from any working directory."""
+    return str(Path(folder).expanduser().resolve()) if folder else None
 
 
 @contextlib.contextmanager
@@ -240,11 +246,11 @@ def resume_run(run_path: str | Path, *, data_dir: str | None = None,
     run.lock()
     with ending_recorded(run):
         try:
-            status = run.read_status()
+            status = run.read_record().status
         except UserError as exc:  # run.json is rewritten below; the checkpoints hold the state
             sys.stderr.write(f"warning: {exc}; it will be rewritten\n")
-            status = {}
-        if status.get("status") == "completed":  # (completed while we took the lock)
+            status = None
+        if status == "completed":  # (completed while we took the lock)
             return already_completed(run)
         return _resume(run, checked)
 
@@ -299,7 +305,7 @@ def _resume(run: RunDir, checked: CheckedConfig) -> TrainResult:
     # metrics files and in TensorBoard's, and appear again, once, when they are re-run.
     run.write_metrics(state.history or [])
     run.drop_events_after(saved_at)
-    run.write_status(status="running", epochs_done=state.epoch)
+    run.write_record(status="running", epochs_done=state.epoch)
     sys.stderr.write(f"resuming {run.path} after epoch {state.epoch}"
                      + (f" (stage {job.stage.name!r})" if job.stage else "") + "\n")
     # (A stage whose epochs are done goes on to the next, or, killed while finishing, to

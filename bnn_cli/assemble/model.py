@@ -13,12 +13,12 @@ from typing import Any
 
 from bnn_cli import quantizers
 from bnn_cli._keras import keras, tf
-from bnn_cli.errors import UserError, error_text
-from bnn_cli.registry import REGISTRY, NamedActivation
-from bnn_cli.build.check import CheckedConfig
+from bnn_cli.assemble.check import CheckedConfig
 from bnn_cli.config.checks import component_kind, optimizer_class
 from bnn_cli.config.graph import Node
 from bnn_cli.config.schema import Problem, TrainingConfig, ensure_valid
+from bnn_cli.errors import UserError, error_text
+from bnn_cli.registry import REGISTRY, NamedActivation
 
 MAX_WEIGHTS = 2**29
 """The most numbers a model's weights may hold (2 GiB of float32), far beyond any BNN.

@@ -14,15 +14,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from bnn_cli._keras import keras, tf
-from bnn_cli.build import mixed_precision as precision
-from bnn_cli.build.job import Job
+from bnn_cli.assemble import mixed_precision as precision
+from bnn_cli.assemble.job import Job
 from bnn_cli.config.monitor import is_better, monitor_mode
 from bnn_cli.data import pipeline as datamod
 from bnn_cli.errors import UserError
 from bnn_cli.rundir.run import (
     atomic_write_json,
 )
-from bnn_cli.train.state import LoopState, count_patience
+from bnn_cli.training.state import LoopState, count_patience
 
 
 def current_lr(optimizer: Any) -> float | None:
@@ -220,7 +220,7 @@ class Epochs(keras.callbacks.Callback):
         state.wall_time = time.perf_counter() - self.started
         _save_checkpoint(job, state, improved)
         sys.stderr.write(_format_row(row) + ("  (best)" if improved else "") + "\n")
-        job.run.write_status(status="running", epochs_done=state.epoch,
+        job.run.write_record(status="running", epochs_done=state.epoch,
                              best={monitor: state.best_value, "epoch": state.best_epoch},
                              final=row, wall_time=round(state.wall_time, 2), **self.stage)
         if stop and state.wait > stop.patience:

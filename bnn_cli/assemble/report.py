@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnn_cli.build.check import CheckedConfig
+from bnn_cli.assemble.check import CheckedConfig
 
 
 @dataclass
@@ -14,7 +14,7 @@ class CheckReport:
     checked: CheckedConfig
     summary: Any  # bnn_cli.models.ModelSummary
     text: list[str]
-    deployability: Any = None  # bnn_cli.build.deployability.Deployability, with --target
+    deployability: Any = None  # bnn_cli.assemble.deployability.Deployability, with --target
 
     def as_dict(self) -> dict[str, Any]:
         config = self.checked.config
@@ -54,10 +54,10 @@ def check_config(path: str | Path, overrides: list[str], *, plugins: list[str] |
                  data_dir: str | None = None, target: str | None = None) -> CheckReport:
     """Check ``path`` (with overrides), build the model and optimizer, summarize; with a
     deployment ``target`` (``lce``), also say which layers it runs as binary operations."""
-    from bnn_cli.build import deployability
+    from bnn_cli.assemble import deployability
+    from bnn_cli.assemble.check import check
+    from bnn_cli.assemble.model import build_model, build_optimizer
     from bnn_cli.models import summary, summary_data
-    from bnn_cli.build.model import build_model, build_optimizer
-    from bnn_cli.build.check import check
 
     if target is not None:
         deployability.check_target(target)  # (before the slow part)

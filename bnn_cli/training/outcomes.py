@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from bnn_cli._keras import tf
-from bnn_cli.build.job import Job
+from bnn_cli.assemble.job import Job
 from bnn_cli.config.monitor import monitor_mode
 from bnn_cli.errors import UserError, error_text
 from bnn_cli.rundir.run import (
-    LIVE_STATUSES,
     RunDir,
     atomic_save,
 )
-from bnn_cli.train.callbacks import Guard
-from bnn_cli.train.state import LoopState
+from bnn_cli.training.callbacks import Guard
+from bnn_cli.training.state import LoopState
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
 
@@ -67,9 +66,8 @@ def finish(job: Job, state: LoopState) -> TrainResult:
         test = _test_evaluation(job)
     except Exception as exc:  # noqa: BLE001 - the trained run must not be lost
         return _test_failed(job, state, results, exc)
-    if "error" in run.read_status_safely():  # (left by an earlier failure that resume fixed)
-        results["error"] = None
-    run.write_status(status="completed", **results, test=test)
+    results["error"] = None  # (an earlier failure that this resume fixed)
+    run.write_record(status="completed", **results, test=test)
     sys.stderr.write(_test_line(test) + "\n")
     sys.stderr.write(f"done: {run.path}\n")
     return TrainResult(run.path, "completed", EXIT_OK, state.history or [])
@@ -79,7 +77,7 @@ def _test_evaluation(job: Job) -> dict[str, Any]:
     """run.json's ``test`` entry: the checkpoint chosen on validation (``best``; ``last``
     without one) evaluated on ``data.test_split``, and how it was chosen."""
     from bnn_cli.config.monitor import selection
-    from bnn_cli.train.evaluation import evaluate_checkpoint
+    from bnn_cli.training.evaluation import evaluate_checkpoint
 
     run, spec = job.run, job.config.spec
     pointer = "best" if (run.checkpoints / "best.json").is_file() else "last"
@@ -97,7 +95,7 @@ def _test_evaluation(job: Job) -> dict[str, Any]:
 
 def _test_line(test: dict[str, Any]) -> str:
     """``test on split 'test': accuracy 0.9333  loss 0.2101 (best checkpoint ...)``."""
-    from bnn_cli.train.evaluation import describe_selection
+    from bnn_cli.training.evaluation import describe_selection
 
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in test["metrics"].items())
     how = describe_selection(test["pointer"], test["checkpoint"], test["selected_on"])
@@ -112,7 +110,7 @@ def _test_failed(job: Job, state: LoopState, results: dict[str, Any],
     reason = error_text(exc)
     why = f"the test evaluation on split {split!r} failed: {type(exc).__name__}: {reason}"
     with contextlib.suppress(UserError):  # (the disk may be what failed)
-        run.write_status(status="failed", **results, error=why,
+        run.write_record(status="failed", **results, error=why,
                          test={"split": split, "error": why})
     message = (f"training finished but {why}. The run is marked failed; its checkpoints and "
                f"model.keras are kept, and `bnn train --resume {run.path}` retries the test "
@@ -128,7 +126,7 @@ def interrupted(job: Job, state: LoopState, guard: Guard) -> TrainResult:
     # checkpoint stays, and the resumed run repeats this epoch from its start.
     code = EXIT_SIGINT if guard.signal == signal.SIGINT else EXIT_SIGTERM
     _plot_curves(job, state)
-    job.run.write_status(status="interrupted", epochs_done=state.epoch)
+    job.run.write_record(status="interrupted", epochs_done=state.epoch)
     sys.stderr.write(f"interrupted after {state.epoch} complete epoch(s); resume with:\n"
                      f"  bnn train {job.run.path / 'config.yaml'} --resume {job.run.path}\n")
     return TrainResult(job.run.path, "interrupted", code, state.history or [])
@@ -140,7 +138,7 @@ def crashed(job: Job, state: LoopState, exc: Exception) -> Exception:
     always a config value only the running step could check, so a UserError."""
     reason = error_text(exc)
     with contextlib.suppress(UserError):  # (the disk may be what failed)
-        job.run.write_status(status="failed", epochs_done=state.epoch,
+        job.run.write_record(status="failed", epochs_done=state.epoch,
                              error=f"epoch {state.epoch + 1}: {type(exc).__name__}: {reason}")
     if isinstance(exc, tf.errors.InvalidArgumentError):
         return UserError(f"{job.config.path}: training failed in epoch {state.epoch + 1}: "
@@ -152,7 +150,7 @@ def crashed(job: Job, state: LoopState, exc: Exception) -> Exception:
 def fail_nan(job: Job, state: LoopState, guard: Guard) -> TrainResult:
     step = "its end" if guard.bad_step is None else f"step {guard.bad_step + 1}"
     where = f"epoch {state.epoch + 1} (seen by {step})"
-    job.run.write_status(status="failed", epochs_done=state.epoch,
+    job.run.write_record(status="failed", epochs_done=state.epoch,
                          error=f"non-finite loss {guard.bad_loss} in {where}")
     sys.stderr.write(f"error: the loss became {guard.bad_loss} in {where}; the run is "
                      "marked failed and its last good checkpoint is kept. Try a lower "
@@ -192,14 +190,14 @@ def ending_recorded(run: RunDir) -> Iterator[None]:
 def _record_end(run: RunDir, status: str, error: str) -> None:
     """Write how the run ended into run.json, unless the loop already did (failed,
     interrupted); if run.json cannot be written (a full disk), into the lock file, which
-    the next reader of the run consults (:meth:`RunDir.read_status`)."""
+    the next reader of the run consults (:meth:`RunDir.read_record`)."""
     try:
-        current = run.read_status_file().get("status")
-    except (UserError, AttributeError):  # unreadable or not an object: rewrite it
-        current = "running"
-    if current not in LIVE_STATUSES:
+        live = run.read_record_file().live
+    except UserError:  # unreadable: rewrite it
+        live = True
+    if not live:
         return
     try:
-        run.write_status(status=status, error=error)
+        run.write_record(status=status, error=error)
     except UserError:
         run.record_end(status, error)

@@ -21,7 +21,7 @@ from bnn_cli.rundir.run import (
 )
 
 if TYPE_CHECKING:
-    from bnn_cli.build.job import Job
+    from bnn_cli.assemble.job import Job
 
 
 @dataclass
@@ -119,7 +119,7 @@ def evaluate_checkpoint(job: Job, checkpoint: Checkpoint, split: str, target: st
                         selected_on: dict[str, str | None] | None = None) -> EvalReport:
     """Load ``checkpoint`` into the job's model and evaluate it on ``split`` (the report
     is also written into the job's run directory)."""
-    from bnn_cli.build.job import restore
+    from bnn_cli.assemble.job import restore
 
     restore(job, checkpoint, partial=True)
     report = evaluate(job.model, job.config, job.data_dir, split, job.run, target,

@@ -17,8 +17,8 @@ Nothing here needs LCE: the verdicts come from the layers themselves, so ``bnn c
 gives them anywhere. The binarizer and the kernel are tested on numbers, not names, so
 custom quantizers are judged by what they compute. A numeric test cannot see *how* a
 quantizer computes its sign (LCE recognizes only ``Select(cond, +-1)`` and
-``sign(sign(x) + c)``); :func:`bnn_cli.deploy.lce_check.compare_with_file` catches what the rules cannot foresee
-by reading the converted file.
+``sign(sign(x) + c)``); :func:`bnn_cli.deploy.lce_check.compare_with_file` catches
+what the rules cannot foresee by reading the converted file.
 """
 
 from __future__ import annotations
