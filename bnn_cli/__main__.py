@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
         if not _tie_to(int(argv[1])):
             return 143
         argv = argv[2:]
-    from bnn_cli.cli import main as bnn
+    from bnn_cli.cli import main as bnn  # (after the tie: nothing runs first)
 
     return bnn(argv)
 

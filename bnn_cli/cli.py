@@ -436,8 +436,11 @@ def runs_table(
 def compare(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN...",
                                                help="Run directories to compare.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] =
-    Path("compare.png"),
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", show_default=False,
+        help="PNG file to write (replaced if it exists). Default: compare.png in the "
+             "working folder, or compare-2.png, ... if that exists (never replaced).")] =
+    None,
     json_: JsonFlag = False,
 ) -> None:
     """Draw runs' curves on shared axes and print how their resolved configs differ."""

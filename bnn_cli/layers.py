@@ -22,6 +22,7 @@ from bnn_cli import constraints as _constraints  # noqa: F401  registers "weight
 from bnn_cli import quantizers
 from bnn_cli._keras import keras, tf
 from bnn_cli.context import should_quantize
+from bnn_cli.metrics import get_training_metrics
 from bnn_cli.quantized_variable import QuantizedVariable
 from bnn_cli.registry import REGISTRY, NamedActivation, Param, register, signature_params
 
@@ -64,7 +65,6 @@ def _swapped(obj: Any, name: str, value: Any) -> Iterator[None]:
 def _kernel_quantizer(identifier: Any) -> Any:
     """A kernel quantizer that tracks the metrics of the active ``metrics_scope`` (as
     Larq's ``get_kernel_quantizer``), e.g. the flip ratio of binary weights."""
-    from bnn_cli.metrics import get_training_metrics
 
     quantizer = quantizers.get(identifier)
     scoped = get_training_metrics()

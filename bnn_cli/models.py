@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bnn_cli._keras import keras
+from bnn_cli.registry import keras_scope
 
 __all__ = ["LayerSummary", "ModelSummary", "load_model", "summary", "summary_data"]
 
@@ -435,7 +436,6 @@ def load_model(path: Any, **kwargs: Any) -> keras.Model:
     here they become bnn_cli's, even when Larq (which registers the same names with
     Keras) is imported in the same process.
     """
-    from bnn_cli.registry import keras_scope
 
     with keras_scope():
         return keras.models.load_model(path, **kwargs)

@@ -226,9 +226,9 @@ def _mark_stages(ax: Any, history: list[dict[str, Any]]) -> None:
 
 def plot_quantizers(path: str | Path, names: list[str] | None = None) -> list[str]:
     """Forward value and pseudo-gradient of registered quantizers on [-2, 2]."""
-    from bnn_cli import quantizers
-    from bnn_cli._keras import tf
-    from bnn_cli.registry import REGISTRY
+    from bnn_cli import quantizers  # (lazy: the other plots need no TF)
+    from bnn_cli._keras import tf  # (lazy: the other plots need no TF)
+    from bnn_cli.registry import REGISTRY  # (lazy: the other plots need no TF)
 
     entries = [e for e in REGISTRY.entries("quantizer")
                if (names is None or e.name in names) and not any(p.required for p in e.params)]

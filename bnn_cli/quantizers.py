@@ -24,6 +24,7 @@ from typing import Any
 from bnn_cli import math as bmath
 from bnn_cli._keras import keras, tf
 from bnn_cli.errors import UserError
+from bnn_cli.metrics import FlipRatio
 from bnn_cli.registry import REGISTRY, NamedActivation, register
 
 __all__ = [
@@ -185,7 +186,6 @@ class BaseQuantizer(Quantizer):
 
     def build(self, input_shape):
         if self._custom_metrics and "flip_ratio" in self._custom_metrics:
-            from bnn_cli.metrics import FlipRatio  # metrics imports quantizers' users
 
             self.flip_ratio = FlipRatio(name=f"flip_ratio/{self.name}")
             self.flip_ratio.build(input_shape)

@@ -307,7 +307,7 @@ def _is_keras_own(obj: Any) -> bool:
 def _expose_to_keras(entry: Entry) -> None:
     if _is_keras_own(entry.obj):
         return  # Keras's own layers: Keras knows them
-    from bnn_cli._keras import keras
+    from bnn_cli._keras import keras  # (lazy: only registering needs Keras)
 
     _expose_activation_class()
     table = keras.utils.get_custom_objects()
@@ -329,7 +329,7 @@ def _expose_to_keras(entry: Entry) -> None:
 
 @functools.cache
 def _expose_activation_class() -> None:
-    from bnn_cli._keras import keras
+    from bnn_cli._keras import keras  # (lazy: only registering needs Keras)
 
     keras.saving.register_keras_serializable(PACKAGE)(NamedActivation)
     table = keras.utils.get_custom_objects()
@@ -353,7 +353,7 @@ def keras_scope() -> Iterator[None]:
     ``custom_object_scope`` when it reads a ``.keras`` file, so the names are swapped in
     the global table itself for the block, and put back after it.
     """
-    from bnn_cli._keras import keras
+    from bnn_cli._keras import keras  # (lazy: only registering needs Keras)
 
     load_builtins()
     table = keras.utils.get_custom_objects()

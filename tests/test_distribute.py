@@ -32,18 +32,18 @@ model:
   layers:
     - {type: Flatten}
     - {type: QuantDense, units: 32, kernel_quantizer: ste_sign, kernel_constraint: weight_clip}
-    - {type: QuantDense, units: 10, input_quantizer: ste_sign, kernel_quantizer: ste_sign,
-       kernel_constraint: weight_clip, activation: softmax}
+    - {type: QuantDense, units: 10, input_quantizer: ste_sign, activation: softmax}
 data:
-  preprocessing: [{type: rescale, range: [-1, 1]}]
+  # (Background pixels at 0: the binary first layer's sums then depend on the digit.)
+  preprocessing: [{type: rescale, range: [0, 1]}]
 training:
   epochs: 2
   batch_size: 32
   steps_per_epoch: 6
-  # Bop (through the case optimizer) for the binary kernels, Adam for the biases
-  optimizer: {type: case, binary: {type: Bop, threshold: 1.0e-6, gamma: 1.0e-3},
-              default: {type: Adam}}
-  learning_rate: 0.001
+  # A net that learns (one process: about 0.45 test accuracy, chance is 0.1), so that
+  # equal metrics mean something: latent binary weights and the float classifier by Adam.
+  optimizer: {type: Adam}
+  learning_rate: 0.01
   flip_ratio: true  # (a metric of the quantizers, aggregated over the replicas too)
 """
 
@@ -154,7 +154,10 @@ def one_process(tmp_path_factory):
     config = _config(tmp)
     started = time.perf_counter()
     (out,) = _wait([_bnn([str(config), "--output", str(tmp / "runs")])])
-    return _only_run(tmp / "runs"), time.perf_counter() - started, config
+    run = _only_run(tmp / "runs")
+    accuracy = json.loads((run / "run.json").read_text())["test"]["metrics"]["accuracy"]
+    assert accuracy > 0.3, f"the reference net does not learn: test accuracy {accuracy}"
+    return run, time.perf_counter() - started, config
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,6 +331,7 @@ def test_resume_after_a_worker_was_killed(tmp_path):
     output = tmp_path / "runs"
     chief, worker = _two_workers([str(config), "--output", str(output)])
     deadline = time.monotonic() + 600
+    done: list[Path] = []
     while time.monotonic() < deadline and chief.poll() is None:
         done = list(output.glob("*/checkpoints/last.json"))
         if done:

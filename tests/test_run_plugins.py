@@ -21,8 +21,8 @@ import pytest
 from conftest import QUICKSTART, train_tiny
 
 from bnn_cli.cli import main
-from bnn_cli.deploy import evaluate as evaluation
 from bnn_cli.rundir import run as runs
+from bnn_cli.training import evaluation
 
 
 @pytest.fixture(scope="module")

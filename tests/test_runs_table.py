@@ -43,8 +43,8 @@ def test_one_row_per_run_with_what_distinguishes_it(two_runs, capsys):
         assert row["best_epoch"] == 1 and "accuracy" in row["test"]
         assert row["wall_time"] > 0
     # Only the key that differs between the siblings (not their names or start times).
-    assert rows[b.name]["overrides"] == {LR: "0.005"}
-    assert rows[a.name]["overrides"] == {LR: "0.01"}
+    assert rows[b.name]["differs"] == {LR: "0.005"}
+    assert rows[a.name]["differs"] == {LR: "0.01"}
     assert main(["runs", str(folder)]) == 0
     out = capsys.readouterr().out
     assert a.name in out and b.name in out and f"{LR}=0.005" in out and "completed" in out
@@ -56,7 +56,7 @@ def test_a_run_without_siblings_shows_its_overrides(two_runs, capsys):
     assert report.rows == []
     alone = list_runs(a)  # DIR may be a run directory itself
     assert len(alone.rows) == 1
-    assert alone.rows[0]["overrides"] == dict(o.split("=", 1) for o in TINY)
+    assert alone.rows[0]["differs"] == dict(o.split("=", 1) for o in TINY)
 
 
 def test_sort_and_filter(two_runs, capsys):

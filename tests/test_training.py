@@ -129,19 +129,54 @@ def test_offline_dataset_error_is_clear(tmp_path, capsys, data_dir):
     assert not list(tmp_path.iterdir()), "nothing is written for a run that cannot start"
 
 
-def _interrupt_after_first_checkpoint(run_root: Path, sig: int) -> tuple[int, Path, str]:
+def _interrupt_after_first_checkpoint(run_root: Path, sig: int, epochs: int = 3,
+                                      steps: int = 40) -> tuple[int, Path, str]:
+    """Start `bnn train` in a subprocess, wait until its first checkpoint exists (failing
+    clearly if the process ends first or none comes), then send it ``sig``."""
     cmd = [sys.executable, "-m", "bnn_cli.cli", "train", str(QUICKSTART),
-           "training.epochs=3", "training.steps_per_epoch=40", "training.batch_size=16",
-           "--output", str(run_root)]
+           f"training.epochs={epochs}", f"training.steps_per_epoch={steps}",
+           "training.batch_size=16", "--output", str(run_root)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if list(run_root.glob("*/checkpoints/last.json")):
-            break
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=240)
+    deadline = time.monotonic() + 240
+    try:
+        while not list(run_root.glob("*/checkpoints/last.json")):
+            if proc.poll() is not None:
+                _, err = proc.communicate()
+                pytest.fail(f"training ended (exit {proc.returncode}) before its first "
+                            f"checkpoint existed:\n{err.decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("no checkpoint after 240 s: the signal was not sent")
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before it could be signalled"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     return proc.returncode, next(run_root.iterdir()), err.decode()
+
+
+def test_sigterm_once_a_checkpoint_exists_exits_143_and_the_run_is_interrupted(
+        tmp_path, data_dir):
+    from bnn_cli.experiments.table import list_runs
+    from bnn_cli.rundir.run import RunDir
+
+    epochs = 100  # (far more than run before the signal lands)
+    returncode, run, err = _interrupt_after_first_checkpoint(tmp_path, signal.SIGTERM,
+                                                             epochs=epochs, steps=3)
+    assert returncode == 143, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "interrupted"
+    assert 1 <= status["epochs_done"] < epochs
+    assert RunDir(run).read_status()["status"] == "interrupted"
+    (row,) = list_runs(tmp_path).rows
+    assert row["status"] == "interrupted"
+    # The checkpoint it left is the last finished epoch's, readable.
+    last = json.loads((run / "checkpoints" / "last.json").read_text())["checkpoint"]
+    assert last == f"epoch-{status['epochs_done']:04d}"
+    RunDir(run).load_checkpoint("last")
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bnn_cli.cli import main
+from bnn_cli.assemble import check as checking
 from bnn_cli.config import checks, graph
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -39,7 +40,7 @@ def test_train_refuses_before_writing_anything(override, tmp_path, capsys):
 
 def test_train_expands_and_checks_the_model_once(tmp_path, monkeypatch):
     calls = {"expand": 0, "check": 0}
-    expand, check = graph.expand, checks.check
+    expand, check = graph.expand, checking.check
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):
@@ -70,6 +71,6 @@ model:
     - {block: fc}
     - {type: Dense, name: head, units: 2}
 """)
-    model = build_model(checks.check(path))
+    model = build_model(checking.check(path))
     assert [layer.name for layer in model.layers[1:]] == [
         "fc_dense", "fc_act", "fc_1_dense", "fc_1_act", "head"]

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from bnn_cli._keras import tf
+from bnn_cli.assemble import strategy as distribute
+from bnn_cli.assemble.vetting import refuse_run_plugins
 from bnn_cli.config import stages as staging
 from bnn_cli.config.checks import graph_problems, training_problems
 from bnn_cli.config.graph import Graph
+from bnn_cli.config.monitor import resolve_monitor
 from bnn_cli.config.plugins import load_plugins
 from bnn_cli.config.schema import (
     Config,
@@ -31,6 +34,7 @@ from bnn_cli.config.schema import (
     ensure_valid,
     load_config,
 )
+from bnn_cli.data import pipeline as data
 from bnn_cli.errors import UserError, error_text
 from bnn_cli.registry import load_builtins
 from bnn_cli.rundir.run import RunDir, read_json
@@ -60,6 +64,8 @@ class CheckedConfig:
     data: Any  # bnn_cli.data.pipeline.DataInfo of the dataset; None where it was not checked
     data_unchecked: str | None = None  # why the data section was not checked, if not
     stages: list[CheckedStage] = field(default_factory=list)  # of a multi-stage config
+    # training.monitor where the config names none (config.monitor's default), else None
+    monitor_chosen: str | None = None
 
     @property
     def spec(self) -> ConfigFile:
@@ -119,7 +125,6 @@ def check(path: str | Path, overrides: Iterable[str] = (), *, plugins: Iterable[
 def _start_runtime(config: Config) -> list[Problem]:
     """The runtime section's problems on this machine; without any, its strategy is
     started (a strategy that fails to start is a config error too)."""
-    from bnn_cli.assemble import strategy as distribute
 
     runtime = config.spec.runtime
     problems = [config.problem(path, message)
@@ -142,8 +147,6 @@ def _start_runtime(config: Config) -> list[Problem]:
 
 
 def _runtime_batch_problems(config: Config) -> list[Problem]:
-    from bnn_cli.assemble import strategy as distribute
-
     message = distribute.batch_problem(config.spec.runtime, config.spec.training.batch_size)
     return [config.problem(("training", "batch_size"), message)] if message else []
 
@@ -154,11 +157,11 @@ def _check_loaded(config: Config, data_dir: str | None, allow_unprepared_data: b
     ``runtime`` (the runtime section's problems, when it was checked), the batch size
     against the strategy's replicas too."""
     graph, problems = graph_problems(config)
+    monitor_chosen = resolve_monitor(config, graph.outputs)
     problems += training_problems(config, graph)
     if runtime is not None:
         problems += runtime or _runtime_batch_problems(config)
     ensure_valid(problems)
-    from bnn_cli.data import pipeline as data
 
     resolved_dir = data.resolve_data_dir(config.spec.data.data_dir, data_dir)
     try:
@@ -169,10 +172,11 @@ def _check_loaded(config: Config, data_dir: str | None, allow_unprepared_data: b
         if not (allow_unprepared_data and config.spec.model.inputs
                 and _known_but_unprepared(config.spec.data.dataset, resolved_dir)):
             raise
-        return CheckedConfig(config, graph, resolved_dir, None, data_unchecked=str(exc))
+        return CheckedConfig(config, graph, resolved_dir, None, data_unchecked=str(exc),
+                             monitor_chosen=monitor_chosen)
     ensure_valid([config.problem(("data", key), str(exc)) for key, exc in
                   _split_errors(config, info)])
-    return CheckedConfig(config, graph, resolved_dir, info)
+    return CheckedConfig(config, graph, resolved_dir, info, monitor_chosen=monitor_chosen)
 
 
 def _check_stages(base: CheckedConfig, path: Path, overrides: list[str],
@@ -276,7 +280,6 @@ def load_run_config(run: RunDir, data_dir: str | None = None, *,
     A run directory may come from elsewhere and importing a plugin runs its code, so
     the plugins it names (config.yaml's, overrides.json's) are imported only with
     ``trust_plugins``; without it, naming any is a UserError that names them."""
-    from bnn_cli.assemble.vetting import refuse_run_plugins
 
     extras = read_json(run.file("overrides.json")) if run.file("overrides.json").is_file() \
         else {}

@@ -28,8 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from bnn_cli import quantizers
 from bnn_cli._keras import keras, tf
 from bnn_cli.errors import UserError
+from bnn_cli.layers import QuantizerMixin
+from bnn_cli.quantizers import Quantizer
 
 TARGETS = ("lce",)
 BINARY_OP = "LceBconv2d"
@@ -114,7 +117,6 @@ class Deployability:
 def lce_report(model: keras.Model) -> Deployability:
     """The LCE verdict of every bnn_cli quantized layer of ``model`` (either form: the
     trained model with kernel quantizers, or the inference model with quantized kernels)."""
-    from bnn_cli.layers import QuantizerMixin
 
     return Deployability("lce", [lce_verdict(layer) for layer in flat_layers(model)
                                  if isinstance(layer, QuantizerMixin)])
@@ -243,7 +245,6 @@ def _input_blocker(layer: keras.layers.Layer) -> Finding | None:
 
 def _layer_before(layer: keras.layers.Layer) -> keras.layers.Layer | None:
     """The quantizer or activation layer whose output is this layer's only input."""
-    from bnn_cli.quantizers import Quantizer
 
     nodes = getattr(layer, "_inbound_nodes", [])
     before = nodes[0].inbound_layers if nodes else None
@@ -305,8 +306,6 @@ def is_binary_filter(kernel: np.ndarray) -> bool:
 
 
 def _name(quantizer: Any) -> str:
-    from bnn_cli import quantizers
-
     try:
         described = quantizers.serialize(quantizer)
     except UserError:

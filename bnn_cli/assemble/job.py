@@ -12,10 +12,12 @@ from bnn_cli._keras import keras, tf
 from bnn_cli.assemble import mixed_precision as precision
 from bnn_cli.assemble import strategy as distribute
 from bnn_cli.assemble.check import CheckedConfig, CheckedStage
+from bnn_cli.assemble.distillation import Distiller
 from bnn_cli.assemble.model import build_optimizer
 from bnn_cli.config.schema import Config
 from bnn_cli.data import pipeline as datamod
 from bnn_cli.errors import UserError, error_text
+from bnn_cli.metrics import metrics_scope
 from bnn_cli.rundir.run import (
     Checkpoint,
     RunDir,
@@ -61,7 +63,6 @@ def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = No
         keras.utils.set_random_seed(training.seed)
     if training.deterministic:
         tf.config.experimental.enable_op_determinism()
-    from bnn_cli.metrics import metrics_scope
 
     # Everything with variables (model, optimizer, metrics, the checkpoint) is created
     # under the strategy's scope (a no-op scope without one), the model in the config's
@@ -79,7 +80,6 @@ def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = No
                       metrics=list(training.metrics), **engine)
         trainer = None
         if stage is not None and stage.distill is not None:
-            from bnn_cli.assemble.distillation import Distiller
 
             with precision.policy(policy):  # (its loss scaling follows the model's)
                 trainer = Distiller(model, teacher, stage.distill)

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 
 from bnn_cli._keras import keras
 from bnn_cli.assemble.check import CheckedConfig
+from bnn_cli.assemble.model import build_model as build
 
 POLICIES = ("mixed_float16", "mixed_bfloat16")
 
@@ -55,7 +56,6 @@ def float32_outputs(checked: CheckedConfig) -> CheckedConfig:
 
 def build_model(checked: CheckedConfig, name: str | None) -> keras.Model:
     """The model of ``checked`` under the policy ``name`` (None: float32)."""
-    from bnn_cli.assemble.model import build_model as build
 
     if name is None:
         with policy(None):

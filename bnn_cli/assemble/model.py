@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from bnn_cli import quantizers
+from bnn_cli import optimizers, quantizers
 from bnn_cli._keras import keras, tf
 from bnn_cli.assemble.check import CheckedConfig
 from bnn_cli.config.checks import component_kind, optimizer_class
@@ -19,6 +19,7 @@ from bnn_cli.config.graph import Node
 from bnn_cli.config.schema import Problem, TrainingConfig, ensure_valid
 from bnn_cli.errors import UserError, error_text
 from bnn_cli.registry import REGISTRY, NamedActivation
+from bnn_cli.schedules import EpochSchedule
 
 MAX_WEIGHTS = 2**29
 """The most numbers a model's weights may hold (2 GiB of float32), far beyond any BNN.
@@ -127,8 +128,6 @@ class _WeightBudget:
 
 
 def learning_rate(training: TrainingConfig, steps_per_epoch: int) -> Any:
-    from bnn_cli.schedules import EpochSchedule
-
     if isinstance(training.learning_rate, float | int):
         return float(training.learning_rate)
     return EpochSchedule(training.learning_rate.model_dump(), steps_per_epoch,
@@ -138,7 +137,6 @@ def learning_rate(training: TrainingConfig, steps_per_epoch: int) -> Any:
 def build_optimizer(training: TrainingConfig, steps_per_epoch: int) -> Any:
     """The optimizer a config asks for; ``type: case`` pairs one for binary weights
     (``binary:``, e.g. Bop) with one for everything else (``default:``)."""
-    from bnn_cli import optimizers
 
     lr = learning_rate(training, steps_per_epoch)
     spec = {"type": training.optimizer.type, **training.optimizer.args}

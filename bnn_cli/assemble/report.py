@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnn_cli.assemble.check import CheckedConfig
+from bnn_cli.assemble import deployability
+from bnn_cli.assemble.check import CheckedConfig, check
+from bnn_cli.assemble.model import build_model, build_optimizer
+from bnn_cli.models import summary, summary_data
 
 
 @dataclass
@@ -22,6 +25,8 @@ class CheckReport:
         return {"config": str(config.path), "name": config.name, "valid": True,
                 "data_checked": unchecked is None,
                 **({"data_warning": unchecked} if unchecked else {}),
+                "monitor": self.checked.spec.training.monitor,
+                "monitor_chosen": self.checked.monitor_chosen is not None,
                 **self.summary.as_dict(),
                 **({"deployability": self.deployability.as_dict()}
                    if self.deployability else {}),
@@ -37,6 +42,10 @@ class CheckReport:
                 print("  " + _stage_line(stage))
         if self.deployability:
             print("\n" + "\n".join(self.deployability.lines()))
+        if self.checked.monitor_chosen:
+            print(f"\ntraining.monitor is not set: the best checkpoint is chosen by "
+                  f"{self.checked.monitor_chosen} (the default for this model; set "
+                  "training.monitor to choose another)")
         data = self.checked.spec.data
         if data.validation_split and data.validation_split == data.test_split:
             print(f"\nwarning: data.validation_split is the test split {data.test_split!r}:"
@@ -54,10 +63,6 @@ def check_config(path: str | Path, overrides: list[str], *, plugins: list[str] |
                  data_dir: str | None = None, target: str | None = None) -> CheckReport:
     """Check ``path`` (with overrides), build the model and optimizer, summarize; with a
     deployment ``target`` (``lce``), also say which layers it runs as binary operations."""
-    from bnn_cli.assemble import deployability
-    from bnn_cli.assemble.check import check
-    from bnn_cli.assemble.model import build_model, build_optimizer
-    from bnn_cli.models import summary, summary_data
 
     if target is not None:
         deployability.check_target(target)  # (before the slow part)

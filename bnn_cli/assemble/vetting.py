@@ -34,12 +34,11 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bnn_cli.config.schema import ConfigError, load_config
 from bnn_cli.errors import UserError
-
-if TYPE_CHECKING:
-    from bnn_cli.rundir.run import RunDir
+from bnn_cli.rundir.run import RunDir
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 TFLITE_IDENTIFIER = b"TFL3"  # a flatbuffer's file identifier, at bytes 4-8
@@ -152,7 +151,7 @@ def _open_keras_weights(path: Path, stack: contextlib.ExitStack) -> Any:
 
 
 def _assign(layer: Any, arrays: list[Any], fmt: str) -> None:
-    from bnn_cli._keras import keras
+    from bnn_cli._keras import keras  # (lazy: vetting needs no TF)
 
     if fmt == "hdf5":
         keras.backend.batch_set_value(list(zip(_legacy_weights(layer), arrays, strict=True)))
@@ -222,7 +221,7 @@ def _keras_weights(model: Any, f: Any) -> tuple[list[tuple[Any, list[Any]]], lis
     ``<path>/vars/0, 1, ...``, the path as :func:`_keras_paths` works it out."""
     import h5py
 
-    from bnn_cli._keras import keras
+    from bnn_cli._keras import keras  # (lazy: vetting needs no TF)
 
     found, problems, ours = [], [], set()
     for where, layer in _keras_paths(model):
@@ -316,7 +315,7 @@ def vet_model_file(path: Path, *, shown: Path | None = None) -> None:
     component (plugins' included), and nothing is a function or a Lambda. The format
     comes from the bytes; any failure while vetting refuses the file. Messages name
     ``shown`` (default ``path``)."""
-    from bnn_cli.registry import keras_scope
+    from bnn_cli.registry import keras_scope  # (lazy: vetting needs no TF)
 
     shown = shown or path
     try:
@@ -381,6 +380,7 @@ class _Lookups:
     """Keras's ways from a class entry to an object, and what may be loaded."""
 
     def __init__(self) -> None:
+        # (lazy: vetting a file needs no TF, only loading one does)
         from bnn_cli._keras import keras
         from bnn_cli.registry import KINDS, REGISTRY, NamedActivation, keras_objects
 
@@ -422,7 +422,7 @@ class _Lookups:
         registered objects) and a deserializer's own table (``module_objects``); and
         whether the module the entry names lacks the class where Keras would look there.
         A module that is loaded must hold what the entry resolves to."""
-        from bnn_cli._keras import keras
+        from bnn_cli._keras import keras  # (lazy: vetting needs no TF)
 
         registered = node.get("registered_name", name)
         by_registered = (keras.saving.get_registered_object(registered)
@@ -525,7 +525,7 @@ def _keras_component(obj: Any) -> bool:
 
 def _component_bases() -> tuple[type, ...]:
     """The Keras base classes of what a model's config holds besides layers."""
-    from bnn_cli._keras import keras
+    from bnn_cli._keras import keras  # (lazy: vetting needs no TF)
 
     return (keras.initializers.Initializer, keras.regularizers.Regularizer,
             keras.constraints.Constraint, keras.losses.Loss, keras.metrics.Metric,
@@ -535,7 +535,7 @@ def _component_bases() -> tuple[type, ...]:
 
 def _component_class(obj: Any) -> bool:
     """Any library's Keras layer or component class (what a model config may name)."""
-    from bnn_cli._keras import keras
+    from bnn_cli._keras import keras  # (lazy: vetting needs no TF)
 
     return isinstance(obj, type) and issubclass(obj, (keras.layers.Layer, *_component_bases()))
 
@@ -565,7 +565,7 @@ def load_vetted_model(path: Path) -> Any:
     allowed it, without compiling. The file is copied first and the copy is vetted and
     loaded, under the suffix its bytes call for (Keras picks the format by the suffix),
     so what is loaded is what was vetted."""
-    from bnn_cli import models
+    from bnn_cli import models  # (lazy: vetting needs no TF)
 
     suffix = ".h5" if keras_format(path) == "hdf5" else ".keras"
     with tempfile.TemporaryDirectory(prefix="bnn-vetted-") as folder:
@@ -597,7 +597,6 @@ def refuse_run_plugins(run: RunDir, overrides: list[str], plugins: list[str],
     A run directory may come from elsewhere, and importing a plugin runs its code, so
     a run's plugins are imported only when the user says they trust them. The config is
     read here without importing anything."""
-    from bnn_cli.config.schema import ConfigError, load_config
 
     config_file = run.file("config.yaml")
     try:

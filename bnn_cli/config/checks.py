@@ -1,12 +1,11 @@
-"""Checking a config, once, before anything is written: YAML -> :class:`CheckedConfig`.
+"""The registry checks of a validated config: the model's graph and the training section.
 
-:func:`check` is the only way from a file to something that can be built. It validates
-the schema, imports the plugins, expands the model into its graph and checks every name
-and value against the registry and Keras: layer types and arguments, quantizers,
-constraints, activations, initializers, regularizers, the graph's inputs and cycles,
-the loss, metrics, optimizer, monitored metric and the data. Every problem in the file
-is reported at once, each with its file, line and key. :mod:`bnn_cli.assemble.model`
-consumes the result and checks nothing again.
+Expands the model into its graph and checks every name and value against the registry
+and Keras: layer types and arguments (their types too), quantizers, constraints,
+activations, initializers, regularizers, the graph's inputs and cycles, the loss,
+metrics, optimizer and monitored metric; each problem located at its file, line and key.
+:func:`bnn_cli.assemble.check.check` runs these with the data and stage checks, once,
+before anything is written.
 """
 
 from __future__ import annotations

@@ -1,13 +1,42 @@
-"""The one monitor rule: which way a logged metric improves, and whether a value is
-better than the best so far (the training loop's best checkpoint and early stopping,
-the plots' starred epochs, ``bnn runs`` and ``bnn sweep``'s rankings).
+"""The one monitor rule: which metric a config monitors when it names none, which way a
+logged metric improves, and whether a value is better than the best so far (the
+training loop's best checkpoint and early stopping, the plots' starred epochs, ``bnn
+runs`` and ``bnn sweep``'s rankings).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bnn_cli.config.schema import Config, TrainingConfig
+from bnn_cli.config.schema import Config, ConfigFile, TrainingConfig
+
+ACCURACY = ("accuracy", "acc")  # the names Keras logs accuracy under, as written
+
+
+def default_monitor(spec: ConfigFile, outputs: list[str]) -> str:
+    """The metric that picks the best checkpoint of a config that names none: the first
+    output's accuracy on the validation split (``val_accuracy``, or ``val_<output>_
+    accuracy`` for a model with several outputs) where accuracy is a metric and there
+    is a validation split, else the validation loss, else (no validation) the loss. A
+    default follows the model, so that it is never the reason a config is refused."""
+    accuracy = next((m for m in spec.training.metrics if m in ACCURACY), None)
+    validation = bool(spec.data.validation_split)
+    if accuracy and validation:
+        return f"val_{outputs[0]}_{accuracy}" if len(outputs) > 1 else f"val_{accuracy}"
+    return "val_loss" if validation else "loss"
+
+
+def resolve_monitor(config: Config, outputs: list[str]) -> str | None:
+    """Set ``training.monitor`` to :func:`default_monitor` where the config does not
+    name one (so that every reader of ``training.monitor``, the checks and training
+    alike, uses the resolved one); returns the name chosen, or None where the config
+    names its monitor. ``outputs``: the model's output layer names."""
+    training = config.spec.training
+    if "monitor" in training.model_fields_set:
+        return None
+    training.monitor = default_monitor(config.spec, outputs)
+    training.model_fields_set.discard("monitor")  # (chosen, still not written)
+    return training.monitor
 
 
 def guess_mode(monitor: str) -> str:

@@ -439,6 +439,8 @@ def _culprit_line(text: str, exc: yaml.MarkedYAMLError) -> int | None:
     at = content.index(here)
     indent = _indent(lines[here])
     before = content[at - 1]
+    if exc.problem.startswith("mapping") and _keyless(lines[before]):
+        return before  # `epochs 20` above `batch_size: 32`: one key, read on to the ':'
     # Siblings of the noticed line: the line before the odd one unless it opens a block
     # (a parent), the line after unless the noticed line opens one (a child).
     siblings = [content[j] for j, parent in ((at - 2, at - 2), (at + 1, at))
@@ -447,6 +449,13 @@ def _culprit_line(text: str, exc: yaml.MarkedYAMLError) -> int | None:
                                                 for j in siblings):
         return before
     return None
+
+
+def _keyless(line: str) -> bool:
+    """A line that is neither ``key: value``, ``key:``, a list item nor flow: a key
+    that lost its ':' (or text that continues a value: the line above says which)."""
+    text = line.split(" #")[0].strip()
+    return not (":" in text or text.startswith(("-", "[", "{", "'", '"')))
 
 
 def _opens_block(line: str) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bnn_cli.config.graph import Graph
 from bnn_cli.config.schema import Config, ConfigError, Distill, Problem, validate
@@ -25,9 +24,7 @@ from bnn_cli.config.source import (
     set_path,
 )
 from bnn_cli.errors import UserError, did_you_mean
-
-if TYPE_CHECKING:
-    from bnn_cli.rundir.run import RunDir
+from bnn_cli.rundir.run import RunDir
 
 
 def stage_document(path: str | Path, index: int, overrides: list[str]) -> Document:
@@ -104,7 +101,6 @@ def _ends_in_softmax(graph: Graph) -> bool:
 
 def teacher_run(config: Config, index: int, distill: Distill) -> RunDir:
     """The run directory a stage's teacher names (relative to the config's folder)."""
-    from bnn_cli.rundir.run import RunDir
 
     folder = Path(distill.teacher).expanduser()
     if not folder.is_absolute() and config.path is not None:

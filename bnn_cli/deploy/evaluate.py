@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from bnn_cli.assemble.check import check, load_run_config
+from bnn_cli.assemble.job import Job, prepare
 from bnn_cli.assemble.vetting import read_weights, vet_model_file
+from bnn_cli.config.monitor import selection
 from bnn_cli.config.schema import Config
 from bnn_cli.errors import UserError
 from bnn_cli.rundir.run import (
@@ -19,10 +21,6 @@ from bnn_cli.rundir.run import (
     find_run_dir,
     read_json,
 )
-
-if TYPE_CHECKING:
-    from bnn_cli.assemble.job import Job
-from bnn_cli.config.monitor import selection
 from bnn_cli.training.evaluation import EvalReport, evaluate, evaluate_checkpoint
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -45,8 +43,6 @@ def load_target(target: str | Path, *, checkpoint: str = "best", data_dir: str |
     The model is always built from a checked config (``config``, else the run's stored
     one, whose plugins are imported only with ``trust_plugins``); a model file gives
     only its weights."""
-    from bnn_cli.assemble.check import check, load_run_config
-    from bnn_cli.assemble.job import prepare
 
     target = Path(target)
     if not target.exists():
@@ -166,7 +162,6 @@ def _pointer_naming(run: RunDir, checkpoint: Checkpoint, *, prefer: str) -> str 
 def _stored_run_config(run: RunDir, trust_plugins: bool) -> Config | None:
     """The run's own config (for how its checkpoints were chosen), or None if unreadable
     (or if it names plugins that are not trusted)."""
-    from bnn_cli.assemble.check import load_run_config
 
     with contextlib.suppress(UserError):
         return load_run_config(run, trust_plugins=trust_plugins).final.config

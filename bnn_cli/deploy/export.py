@@ -23,9 +23,13 @@ from typing import Any
 import numpy as np
 
 from bnn_cli._keras import keras, tf
+from bnn_cli.assemble.job import restore
 from bnn_cli.data import pipeline as data
+from bnn_cli.deploy.evaluate import load_target
+from bnn_cli.deploy.lce_check import check_export
 from bnn_cli.deploy.runtimes import FORMATS, lce_package, load
 from bnn_cli.errors import UserError
+from bnn_cli.layers import QuantizerMixin
 from bnn_cli.rundir.run import (
     RunDir,
     atomic_save,
@@ -96,7 +100,6 @@ def _human(size: int) -> str:
 def inference_model(model: keras.Model) -> keras.Model:
     """A copy of ``model`` whose quantized kernels hold their quantized values and whose
     layers no longer quantize them (no optimizer, no latent weights)."""
-    from bnn_cli.layers import QuantizerMixin
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         config = layer.get_config()
@@ -119,7 +122,6 @@ def latent_model(model: keras.Model) -> keras.Model:
 
 def _exported_weights(layer: keras.layers.Layer) -> list[np.ndarray]:
     """The layer's weights in order, each quantized variable replaced by its value."""
-    from bnn_cli.layers import QuantizerMixin
 
     if not isinstance(layer, QuantizerMixin):
         return layer.get_weights()
@@ -230,7 +232,6 @@ def export_target(target: str | Path, *, fmt: str, output: str | Path | None = N
     report = ExportReport(fmt, str(path), latent, int8, label, _size(path),
                           _float32_size(job.model), check_file=str(check_file), **result)
     if fmt == "lce":  # the file's binary operations against `bnn check`'s prediction
-        from bnn_cli.deploy.lce_check import check_export
 
         report.binary_ops = check_export(model, path)
     atomic_write_json(check_file, report.as_dict())
@@ -256,8 +257,6 @@ def load_trained(target: str | Path, *, checkpoint: str, data_dir: str | None,
                  trust_plugins: bool) -> tuple[Any, str | None, RunDir | None]:
     """The job (model built from the checked config) with the target's weights loaded,
     the checkpoint's name (None for a model file) and the run directory (if any)."""
-    from bnn_cli.assemble.job import restore
-    from bnn_cli.deploy.evaluate import load_target
 
     found = load_target(target, checkpoint=checkpoint, data_dir=data_dir, config=config,
                         trust_plugins=trust_plugins)

@@ -14,16 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bnn_cli._keras import tf
+from bnn_cli.assemble.check import CheckedConfig, check, load_run_config
+from bnn_cli.data import pipeline as data
+from bnn_cli.deploy.export import load_trained
+from bnn_cli.deploy.runtimes import load
 from bnn_cli.errors import UserError
 from bnn_cli.rundir.run import find_run_dir
-
-if TYPE_CHECKING:
-    from bnn_cli.assemble.check import CheckedConfig
 
 IMAGE_KINDS = "PNG, JPEG, BMP or GIF"
 _PROBABILITY_SLACK = 0.05  # rows of an int8 model's dequantized softmax sum to 1 +- this
@@ -125,7 +126,6 @@ def _load_model(target: Path, *, checkpoint: str, data_dir: str | None,
     if _is_exported_file(target):
         return _load_export(target, data_dir=data_dir, config=config,
                             trust_plugins=trust_plugins)
-    from bnn_cli.deploy.export import load_trained
 
     job, label, _ = load_trained(target, checkpoint=checkpoint, data_dir=data_dir,
                                  config=config, trust_plugins=trust_plugins)
@@ -145,11 +145,9 @@ def _is_exported_file(target: Path) -> bool:
 def _load_export(target: Path, *, data_dir: str | None, config: str | Path | None,
                  trust_plugins: bool) -> _Model:
     """An exported file through its own runtime, with ``config`` or else its run's."""
-    from bnn_cli.deploy.runtimes import load
 
     # The config first: its plugins must be registered before a .keras file is read.
     if config is not None:
-        from bnn_cli.assemble.check import check
 
         checked, source = check(config, data_dir=data_dir).final, f"config {config}"
     else:
@@ -158,7 +156,6 @@ def _load_export(target: Path, *, data_dir: str | None, config: str | Path | Non
             raise UserError(f"{target} is not inside a run directory, so nothing says how "
                             "its inputs are preprocessed or what its classes are called; "
                             "pass --config CONFIG.yaml (the config it was trained with)")
-        from bnn_cli.assemble.check import load_run_config
 
         checked = load_run_config(run, data_dir, trust_plugins=trust_plugins).final
         source = f"config of run {run.path}"
@@ -174,7 +171,6 @@ def _load_export(target: Path, *, data_dir: str | None, config: str | Path | Non
 def _split_examples(checked: CheckedConfig, split: str
                     ) -> tuple[list[str], np.ndarray, list[int], list[list[str]]]:
     """Names, preprocessed inputs, true labels (and no changes) of a split's examples."""
-    from bnn_cli.data import pipeline as data
 
     spec = checked.spec
     x, labels = data.split_examples(spec.data, split, batch_size=spec.training.batch_size,
@@ -206,7 +202,6 @@ def _decode(path: Path) -> tf.Tensor:
 def _image_inputs(checked: CheckedConfig, images: list[tuple[str, tf.Tensor]]
                   ) -> tuple[list[str], np.ndarray, list[list[str]]]:
     """Names, preprocessed inputs and what each image needed to match the dataset."""
-    from bnn_cli.data import pipeline as data
 
     feature = _input_feature(checked)
     converted = [_to_dataset_form(image, feature) for _, image in images]

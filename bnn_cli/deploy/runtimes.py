@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from bnn_cli._keras import tf
-from bnn_cli.assemble.vetting import model_format
+from bnn_cli.assemble.vetting import load_vetted_model, model_format
 from bnn_cli.errors import UserError
 
 FORMATS = ("keras", "saved_model", "tflite", "lce")
@@ -117,7 +117,6 @@ class KerasRuntime(Runtime):
     name = "keras"
 
     def __init__(self, path: Path) -> None:
-        from bnn_cli.assemble.vetting import load_vetted_model
 
         # Vetted: a .keras file can name code, and this one comes from outside the run.
         self.model = load_vetted_model(path)

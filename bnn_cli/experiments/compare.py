@@ -11,6 +11,7 @@ from bnn_cli.config.flat import text as value_text
 from bnn_cli.errors import UserError
 from bnn_cli.experiments.configs import differences, resolved_config
 from bnn_cli.experiments.table import run_row
+from bnn_cli.plots import plot_compare
 from bnn_cli.rundir.run import RunDir
 
 
@@ -68,10 +69,25 @@ def _labels(paths: list[Path]) -> list[str]:
     return labels
 
 
-def compare_runs(targets: list[Path], output: Path | None = Path("compare.png")) \
-        -> CompareReport:
-    """Draw the runs' curves into ``output`` (None: no picture) and list the resolved
-    config keys whose values differ, with each run's value."""
+DEFAULT_OUTPUT = Path("compare.png")
+
+
+def unused_name(path: Path = DEFAULT_OUTPUT) -> Path:
+    """``path``, else ``compare-2.png``, ``compare-3.png``, ...: the first name not taken.
+    A picture the user did not name must never replace a file, an earlier comparison
+    included; one the user named (``-o``) may."""
+    candidate, n = path, 1
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def compare_runs(targets: list[Path], output: Path | None = None, *,
+                 picture: bool = True) -> CompareReport:
+    """Draw the runs' curves into ``output`` (replaced if it exists; not given: a new
+    ``compare.png``, ``compare-2.png``, ... in the working folder; ``picture=False``:
+    none) and list the resolved config keys whose values differ, with each run's value."""
     if not targets:
         raise UserError("give the run directories to compare, e.g. bnn compare "
                         "runs/a runs/b")
@@ -99,9 +115,9 @@ def compare_runs(targets: list[Path], output: Path | None = Path("compare.png"))
     diffs = [{"key": k, "values": [None if c is None or k not in c else value_text(c[k])
                                    for c in configs]} for k in keys]
     report = CompareReport(runs, diffs, warnings=warnings)
-    if output is not None and plotted:
-        from bnn_cli.plots import plot_compare
+    if picture and plotted:
 
+        output = output if output is not None else unused_name()
         plot_compare(plotted, output)
         report.output = Path(output)
     return report

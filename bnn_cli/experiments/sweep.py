@@ -44,6 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bnn_cli.assemble.check import check
+from bnn_cli.config.monitor import monitor_mode
+from bnn_cli.config.source import flattened_text
 from bnn_cli.errors import UserError
 from bnn_cli.experiments.space import (
     Param,
@@ -53,6 +56,7 @@ from bnn_cli.experiments.space import (
     points_to_check,
     yaml_number,
 )
+from bnn_cli.plots import plot_sweep
 from bnn_cli.rundir.record import RunRecord
 from bnn_cli.rundir.run import RunDir, atomic_write_text, lock_holder, safe_name
 
@@ -202,7 +206,6 @@ def check_points(settings: SweepSettings, space: Space) -> Any:
     """``bnn check`` every config the sweep can make (each grid point; for random/TPE each
     range's ends and each listed value) before anything is written. Returns the first
     point's checked config (its monitor and mode are the sweep's)."""
-    from bnn_cli.assemble.check import check
 
     points = list(points_to_check(space, settings.search))
     _say(f"checking {len(points)} config{'s' if len(points) != 1 else ''} of the sweep...")
@@ -225,7 +228,6 @@ def _folder(settings: SweepSettings, name: str) -> Path:
 def _definition(settings: SweepSettings, space: Space) -> dict[str, Any]:
     """What makes a sweep this sweep (stored in the study; a second command against the
     same study must match it)."""
-    from bnn_cli.config.source import flattened_text
 
     try:
         text = flattened_text(settings.config)
@@ -596,7 +598,6 @@ def run_sweep(settings: SweepSettings) -> SweepReport:
                         "e.g. bnn sweep configs/quickstart.yaml training.epochs=5,10")
     total = len(space.grid()) if settings.search == "grid" else (settings.trials or 10)
     checked = check_points(settings, space)
-    from bnn_cli.config.monitor import monitor_mode
 
     training = checked.spec.training
     monitor, mode = training.monitor, monitor_mode(training, training.monitor)
@@ -762,7 +763,6 @@ def write_results(report: SweepReport, space: Space, *, png: bool = True) -> Non
     report.results_csv = report.folder / "results.csv"
     atomic_write_text(report.results_csv, buffer.getvalue())
     if png and report.rows:
-        from bnn_cli.plots import plot_sweep
 
         path = report.folder / "results.png"
         try:

@@ -2,9 +2,10 @@
 
 A run's status is :meth:`RunDir.read_record`'s: a ``running`` run.json whose lock no live
 process holds (``kill -9``, a crashed host) reads ``interrupted``, never ``running``. The
-``overrides`` column shows what distinguishes a run from its siblings (the runs in the
-same folder, e.g. a sweep's trials): the resolved-config keys whose values differ among
-them; a run without siblings shows the overrides it was started with.
+``differs`` column (and JSON key) shows what distinguishes a run from its siblings (the
+runs in the same folder, e.g. a sweep's trials): the resolved-config keys whose values
+differ among them; a run without siblings shows the overrides it was started with. (It
+was called ``overrides``, which it holds only for a run alone.)
 """
 
 from __future__ import annotations
@@ -75,11 +76,11 @@ def run_row(path: Path, root: Path) -> dict[str, Any]:
             "mode": _mode(config, monitor), "best": best.get(monitor) if monitor else None,
             "best_epoch": best.get("epoch"), "test": test,
             "wall_time": record.wall_time, "started": record.started,
-            "error": record.error, "overrides": {}, "_config": config}
+            "error": record.error, "differs": {}, "_config": config}
 
 
 def _distinguish(rows: list[dict[str, Any]]) -> None:
-    """Fill each row's ``overrides``: the keys its siblings (same parent folder) set
+    """Fill each row's ``differs``: the keys its siblings (same parent folder) set
     differently, or, without siblings, the overrides it was started with."""
     groups: dict[Path, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -89,13 +90,13 @@ def _distinguish(rows: list[dict[str, Any]]) -> None:
             keys = differences([r["_config"] for r in group])
             for row in group:
                 config = row["_config"] or {}
-                row["overrides"] = {k: value_text(config[k]) if k in config else "(absent)"
-                                    for k in keys}
+                row["differs"] = {k: value_text(config[k]) if k in config else "(absent)"
+                                  for k in keys}
         else:
             for item in run_overrides(Path(group[0]["path"])):
                 key, _, value = item.partition("=")
                 if key.strip() not in IGNORED:
-                    group[0]["overrides"][key.strip()] = value
+                    group[0]["differs"][key.strip()] = value
 
 
 def _test_value(row: dict[str, Any]) -> tuple[str | None, float | None]:
@@ -192,7 +193,7 @@ class RunsReport:
         table.add_column("best (validation)", justify="right")
         table.add_column("test", justify="right")
         table.add_column("wall time", justify="right")
-        table.add_column("overrides", overflow="fold")
+        table.add_column("differs", overflow="fold")
         for r in self.rows:
             status = r["status"] + (" (pruned)" if r["pruned"] else "")
             epochs = f"{r['epochs_done']}/{r['epochs']}" if r["epochs"] else \
@@ -202,7 +203,7 @@ class RunsReport:
                 best += f" (epoch {r['best_epoch']})"
             metric, value = _test_value(r)
             test = f"{metric} {value:.4f}" if _finite(value) else ""
-            items = [f"{k}={v}" for k, v in r["overrides"].items()]
+            items = [f"{k}={v}" for k, v in r["differs"].items()]
             if len(items) > MAX_SHOWN:  # (unrelated configs in one folder; --json has all)
                 items = [*items[:MAX_SHOWN], f"(+{len(items) - MAX_SHOWN} more)"]
             table.add_row(r["name"], status, epochs, best, test, _seconds(r["wall_time"]),

@@ -628,7 +628,7 @@ class RunDir:
         ``saved_at``; None: all of them), so a resumed run, which logs the epochs after
         its checkpoint again, shows each (tag, step) once. Event files are rewritten
         atomically; files left with no event are deleted."""
-        from bnn_cli._keras import tf
+        from bnn_cli._keras import tf  # (lazy: `bnn runs` reads runs without TF)
 
         folder = self.file("tensorboard")
         if not folder.is_dir():
@@ -783,7 +783,7 @@ def _drop_events(path: Path, cutoff: float) -> None:
     """Keep the events of one event file logged at or before ``cutoff``: event times
     (``wall_time``) sort them by epoch whatever a tag's step counts (epochs, iterations),
     because an epoch's events are all logged before its checkpoint is saved."""
-    from bnn_cli._keras import tf
+    from bnn_cli._keras import tf  # (lazy: `bnn runs` reads runs without TF)
 
     events = []
     with contextlib.suppress(tf.errors.DataLossError):  # a last record cut short by a kill

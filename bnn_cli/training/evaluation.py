@@ -9,9 +9,11 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bnn_cli.assemble.job import Job, restore
 from bnn_cli.config.schema import Config
+from bnn_cli.data import pipeline as data
 from bnn_cli.errors import UserError
 from bnn_cli.rundir.run import (
     Checkpoint,
@@ -19,9 +21,6 @@ from bnn_cli.rundir.run import (
     atomic_write_json,
     safe_name,
 )
-
-if TYPE_CHECKING:
-    from bnn_cli.assemble.job import Job
 
 
 @dataclass
@@ -98,7 +97,6 @@ def _splits_overlap(cfg: Config, data_dir: str | None, a: str, b: str) -> bool:
 
     import tensorflow_datasets as tfds
 
-    from bnn_cli.data import pipeline as data
 
     if a == b:
         return True
@@ -119,7 +117,6 @@ def evaluate_checkpoint(job: Job, checkpoint: Checkpoint, split: str, target: st
                         selected_on: dict[str, str | None] | None = None) -> EvalReport:
     """Load ``checkpoint`` into the job's model and evaluate it on ``split`` (the report
     is also written into the job's run directory)."""
-    from bnn_cli.assemble.job import restore
 
     restore(job, checkpoint, partial=True)
     report = evaluate(job.model, job.config, job.data_dir, split, job.run, target,
@@ -132,8 +129,6 @@ def evaluate_checkpoint(job: Job, checkpoint: Checkpoint, split: str, target: st
 
 def evaluate(model, cfg: Config, data_dir: str | None, split: str, run: RunDir | None,
               target: str, label: str | None, epoch: int | None) -> EvalReport:
-    from bnn_cli.data import pipeline as data
-
     ds = data.load_split(cfg.spec.data, split, training=False,
                          batch_size=cfg.spec.training.batch_size, seed=None, data_dir=data_dir)
     values = model.evaluate(ds, verbose=0, return_dict=True)

@@ -14,6 +14,7 @@ import json
 import sys
 from typing import Any
 
+from bnn_cli._keras import tf
 from bnn_cli.config.flat import flatten
 from bnn_cli.config.source import parse_override_path
 
@@ -61,7 +62,6 @@ def write_hparams(run: Any, config: Any, overrides: list[str]) -> None:
     try:
         from tensorboard.plugins.hparams import api as hp
 
-        from bnn_cli._keras import tf
 
         resolved = config.spec.model_dump(mode="json")
         resolved["name"] = config.name

@@ -37,14 +37,17 @@ from bnn_cli.assemble.job import (
     stage_pointer,
 )
 from bnn_cli.config.schema import Config
+from bnn_cli.config.source import flattened_text
 from bnn_cli.data import pipeline as datamod
 from bnn_cli.errors import UserError
+from bnn_cli.models import summary, summary_data
 from bnn_cli.rundir.run import (
     RunDir,
     atomic_write_json,
     atomic_write_text,
 )
 from bnn_cli.training.callbacks import Epochs, Guard, Progress, signals_to
+from bnn_cli.training.hparams import write_hparams
 from bnn_cli.training.outcomes import (
     TrainResult,
     already_completed,
@@ -140,9 +143,6 @@ def _next_stage(job: Job, state: LoopState, stages: list[CheckedStage]) -> Job:
 
 def _write_run_files(run: RunDir, config: Config, overrides: list[str], model: keras.Model,
                      plugins: list[str]) -> None:
-    from bnn_cli.config.source import flattened_text
-    from bnn_cli.models import summary, summary_data
-
     original = flattened_text(config.path) if config.path else ""
     atomic_write_text(run.file("config.yaml"), original)
     resolved = config.spec.model_dump(mode="json")
@@ -175,7 +175,6 @@ def train_from_config(config_path: str | Path, overrides: list[str], *,
                              started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                              runtime=distribute.describe(config.spec.runtime))
             _write_run_files(run, config, overrides, job.model, plugins)
-            from bnn_cli.training.hparams import write_hparams
             write_hparams(run, config, overrides)  # once, for TensorBoard's HParams
 
         run = job.run = RunDir.create(output_root, config.name, fill)  # (locked)

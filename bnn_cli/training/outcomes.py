@@ -17,13 +17,15 @@ from typing import Any
 
 from bnn_cli._keras import tf
 from bnn_cli.assemble.job import Job
-from bnn_cli.config.monitor import monitor_mode
+from bnn_cli.config.monitor import monitor_mode, selection
 from bnn_cli.errors import UserError, error_text
+from bnn_cli.plots import plot_history
 from bnn_cli.rundir.run import (
     RunDir,
     atomic_save,
 )
 from bnn_cli.training.callbacks import Guard
+from bnn_cli.training.evaluation import describe_selection, evaluate_checkpoint
 from bnn_cli.training.state import LoopState
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
@@ -41,7 +43,6 @@ def _plot_curves(job: Job, state: LoopState) -> None:
     """curves.png beside the metrics; a picture is a convenience, never a reason to fail."""
     if not state.history:
         return
-    from bnn_cli.plots import plot_history
 
     try:
         training = job.config.spec.training
@@ -76,8 +77,6 @@ def finish(job: Job, state: LoopState) -> TrainResult:
 def _test_evaluation(job: Job) -> dict[str, Any]:
     """run.json's ``test`` entry: the checkpoint chosen on validation (``best``; ``last``
     without one) evaluated on ``data.test_split``, and how it was chosen."""
-    from bnn_cli.config.monitor import selection
-    from bnn_cli.training.evaluation import evaluate_checkpoint
 
     run, spec = job.run, job.config.spec
     pointer = "best" if (run.checkpoints / "best.json").is_file() else "last"
@@ -95,7 +94,6 @@ def _test_evaluation(job: Job) -> dict[str, Any]:
 
 def _test_line(test: dict[str, Any]) -> str:
     """``test on split 'test': accuracy 0.9333  loss 0.2101 (best checkpoint ...)``."""
-    from bnn_cli.training.evaluation import describe_selection
 
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in test["metrics"].items())
     how = describe_selection(test["pointer"], test["checkpoint"], test["selected_on"])
