@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bnn_cli.cli import main
 from bnn_cli.assemble import check as checking
+from bnn_cli.cli import main
 from bnn_cli.config import checks, graph
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
