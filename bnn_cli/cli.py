@@ -450,11 +450,12 @@ def compare(
 
 
 def _click_exceptions():
-    """Click's exception classes (recent Typer releases vendor Click)."""
+    """The exception classes of the Click that Typer runs on: its own copy in recent
+    releases, even where another package installed Click beside it (import-linter does)."""
     try:
-        import click.exceptions as errors
-    except ImportError:
         import typer._click.exceptions as errors
+    except ImportError:
+        import click.exceptions as errors
     return errors
 
 

@@ -2,6 +2,7 @@
 trained model; the inference form stores quantized kernels; user mistakes exit 2."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ def _raw_test_split() -> tuple[np.ndarray, np.ndarray]:
 
     import bnn_cli.data.pipeline  # noqa: F401 - registers the embedded digits builder
 
-    ds = tfds.builder("sklearn_digits").as_dataset(split="test", shuffle_files=False)
+    ds = _digits_builder(tfds).as_dataset(split="test", shuffle_files=False)
     examples = list(ds.as_numpy_iterator())
     x = np.stack([e["image"] for e in examples]).astype(np.float32) / 255.0 * 2.0 - 1.0
     return x, np.array([e["label"] for e in examples])
@@ -373,3 +374,9 @@ def test_larq_trained_models_export(larq_model, tmp_path, suffix, fmt, capsys):
     assert (actual.argmax(-1) == expected.argmax(-1)).mean() == 1.0
     assert np.abs(actual - expected).max() < 1e-4
     assert report["top1_agreement"] == 1.0
+
+
+def _digits_builder(tfds):
+    """The digits as the runs here prepared them: in this session's private data_dir
+    (TFDS read $TFDS_DATA_DIR when it was imported, maybe before conftest set it)."""
+    return tfds.builder("sklearn_digits", data_dir=os.environ["TFDS_DATA_DIR"])

@@ -402,11 +402,11 @@ def test_found_config_errors_are_clean(config, override, message):
 
 
 def test_found_training_step_errors_are_clean(tmp_path):
-    """A wrong argument type that only the traced training step notices: refused before
-    a run directory exists."""
+    """A wrong argument type (now refused by the checks, located at its key) and a loss
+    that only the traced training step notices: refused before a run directory exists."""
     code, out = run_bnn(["train", QUICKSTART, "model.layers[12].momentum={}", *TINY,
                          "--output", str(tmp_path)], "train")
-    assert code == 2 and "(in layer 'batch_normalization_4')" in out, out
+    assert code == 2 and "model.layers[12].momentum: expected a number, got {}" in out, out
     assert list(tmp_path.iterdir()) == []
     code, out = run_bnn(["train", QUICKSTART, "training.loss=categorical_crossentropy",
                          *TINY, "--output", str(tmp_path)], "train")

@@ -2,6 +2,7 @@
 model's own predictions, with class names and true labels; user mistakes exit 2."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_predictions_on_the_test_split_score_the_runs_recorded_accuracy(run, cap
     report = predict(run, "--split", "test", "--top-k", "1", capsys=capsys)
     import tensorflow_datasets as tfds
 
-    size = tfds.builder("sklearn_digits").info.splits["test"].num_examples
+    size = _digits_builder(tfds).info.splits["test"].num_examples
     labels = [label for _, label in _raw_test_images(size)]
     assert len(report["predictions"]) == len(labels) == size
     assert [p["label"] for p in report["predictions"]] == labels
@@ -132,7 +133,7 @@ def _raw_test_images(count: int):
 
     import bnn_cli.data.pipeline  # noqa: F401 - registers the embedded digits builder
 
-    builder = tfds.builder("sklearn_digits")  # prepared by the run, in the test data_dir
+    builder = _digits_builder(tfds)
     ds = builder.as_dataset(split=f"test[:{count}]", shuffle_files=False)
     return [(ex["image"], int(ex["label"])) for ex in ds.as_numpy_iterator()]
 
@@ -236,3 +237,9 @@ def test_rgba_image_to_grey_dataset_form():
     assert changes == ["alpha channel dropped", "RGB -> grayscale", "resized 16x4 -> 8x8"]
     assert image.dtype == tf.uint8 and image.shape == (8, 8, 1)
     assert int(tf.reduce_min(image)) == int(tf.reduce_max(image)) == 255
+
+
+def _digits_builder(tfds):
+    """The digits as the runs here prepared them: in this session's private data_dir
+    (TFDS read $TFDS_DATA_DIR when it was imported, maybe before conftest set it)."""
+    return tfds.builder("sklearn_digits", data_dir=os.environ["TFDS_DATA_DIR"])
