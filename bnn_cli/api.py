@@ -108,10 +108,11 @@ def evaluate(target: str | Path, *, split: str | None = None, checkpoint: str = 
              trust_plugins: bool = False) -> EvalReport:
     """``bnn eval``: a run directory, checkpoint or model file's metrics on a split."""
     from bnn_cli.deploy.evaluate import evaluate_target
+    from bnn_cli.deploy.targets import TargetOptions
 
     with _config_file(config) as path:
-        return evaluate_target(target, split=split, checkpoint=checkpoint, data_dir=data_dir,
-                               config=path, trust_plugins=trust_plugins)
+        options = TargetOptions(checkpoint, data_dir, path, trust_plugins)
+        return evaluate_target(target, options, split=split)
 
 
 def export(target: str | Path, *, format: str, output: str | Path | None = None,  # noqa: A002
@@ -121,11 +122,12 @@ def export(target: str | Path, *, format: str, output: str | Path | None = None,
     """``bnn export``: write a trained model for inference (keras, saved_model, tflite,
     lce) and check the file against the trained model."""
     from bnn_cli.deploy.export import export_target
+    from bnn_cli.deploy.targets import TargetOptions
 
     with _config_file(config) as path:
-        return export_target(target, fmt=format, output=output, checkpoint=checkpoint,
-                             latent=latent, data_dir=data_dir, config=path,
-                             trust_plugins=trust_plugins, int8=int8)
+        options = TargetOptions(checkpoint, data_dir, path, trust_plugins)
+        return export_target(target, options, fmt=format, output=output, latent=latent,
+                             int8=int8)
 
 
 def predict(target: str | Path, inputs: Iterable[str | Path] = (), *,
@@ -134,11 +136,11 @@ def predict(target: str | Path, inputs: Iterable[str | Path] = (), *,
             trust_plugins: bool = False) -> PredictReport:
     """``bnn predict``: the most probable classes of image files or a split's examples."""
     from bnn_cli.deploy.predict import predict_target
+    from bnn_cli.deploy.targets import TargetOptions
 
     with _config_file(config) as path:
-        return predict_target(target, list(inputs), split=split, top_k=top_k,
-                              checkpoint=checkpoint, data_dir=data_dir, config=path,
-                              trust_plugins=trust_plugins)
+        options = TargetOptions(checkpoint, data_dir, path, trust_plugins)
+        return predict_target(target, options, list(inputs), split=split, top_k=top_k)
 
 
 # ---------------------------------------------------------------------------------------

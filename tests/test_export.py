@@ -22,10 +22,10 @@ def run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(run):
     """The trained model (best checkpoint) and the test split's inputs, loaded here."""
-    from bnn_cli.deploy.export import load_trained, split_inputs
+    from bnn_cli.deploy.export import split_inputs
+    from bnn_cli.deploy.targets import TargetOptions, load_trained
 
-    job, _, _ = load_trained(run, checkpoint="best", data_dir=None, config=None,
-                             trust_plugins=False)
+    job, _, _ = load_trained(run, TargetOptions(checkpoint="best"))
     x = split_inputs(job)
     return job.model, x, job.model.predict(x, verbose=0)
 
@@ -272,7 +272,8 @@ def test_model_file_outside_a_run_needs_a_config(run, tmp_path, capsys):
 def test_int8_quantizes_real_layers_and_reports_accuracy(run, trained, capsys):
     """--int8: a smaller flatbuffer with int8 tensors, float input/output, and the
     accuracy change on the test split measured as a user would measure it."""
-    from bnn_cli.deploy.export import load_trained, split_examples
+    from bnn_cli.deploy.export import split_examples
+    from bnn_cli.deploy.targets import TargetOptions, load_trained
 
     report = export(run, "--format", "tflite", "--int8", capsys=capsys)
     path = Path(report["path"])
@@ -287,8 +288,7 @@ def test_int8_quantizes_real_layers_and_reports_accuracy(run, trained, capsys):
     assert np.int8 in dtypes  # weights/activations quantized inside
     assert interpreter.get_input_details()[0]["dtype"] == np.float32  # callers unchanged
 
-    job, _, _ = load_trained(run, checkpoint="best", data_dir=None, config=None,
-                             trust_plugins=False)
+    job, _, _ = load_trained(run, TargetOptions(checkpoint="best"))
     x, labels = split_examples(job, job.config.spec.data.test_split)
     model, _, expected = trained
     actual = _tflite_predict(path, x)
@@ -317,10 +317,10 @@ def larq_model(run):
     import larq as lq
 
     from bnn_cli._keras import keras
-    from bnn_cli.deploy.export import load_trained, split_examples
+    from bnn_cli.deploy.export import split_examples
+    from bnn_cli.deploy.targets import TargetOptions, load_trained
 
-    job, _, _ = load_trained(run, checkpoint="best", data_dir=None, config=None,
-                             trust_plugins=False)
+    job, _, _ = load_trained(run, TargetOptions(checkpoint="best"))
     names = iter(layer.name for layer in job.model.layers[1:])
     binary = dict(kernel_quantizer="ste_sign", kernel_constraint="weight_clip",
                   use_bias=False)

@@ -113,9 +113,9 @@ def test_bnn_trains_in_mixed_precision(tmp_path, policy):
     assert bool(scaled) == (policy == "mixed_float16"), scaled
     assert keras.mixed_precision.global_policy().name == "float32"
     # Evaluated and exported in float32 (its weights are float32; LCE takes no other).
-    from bnn_cli.deploy.evaluate import load_target
+    from bnn_cli.deploy.targets import TargetOptions, resolve
 
-    job = load_target(run).job
+    job = resolve(run, TargetOptions()).job
     assert {layer.dtype_policy.name for layer in job.model.layers} == {"float32"}
 
 

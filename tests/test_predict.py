@@ -28,10 +28,9 @@ def run(tmp_path_factory) -> Path:
 def expected(run):
     """The trained model's probabilities and the true labels of SPLIT, computed here."""
     from bnn_cli.data import pipeline as data
-    from bnn_cli.deploy.export import load_trained
+    from bnn_cli.deploy.targets import TargetOptions, load_trained
 
-    job, _, _ = load_trained(run, checkpoint="best", data_dir=None, config=None,
-                             trust_plugins=False)
+    job, _, _ = load_trained(run, TargetOptions(checkpoint="best"))
     ds = data.load_split(job.checked.spec.data, SPLIT, training=False, batch_size=10,
                          seed=None, data_dir=job.data_dir)
     ((x, y),) = list(ds.as_numpy_iterator())

@@ -168,10 +168,9 @@ def test_one_run_directory_holds_the_stages_one_after_another(two_step):
 
 
 def test_eval_and_export_use_the_last_stages_model(two_step, capsys):
-    from bnn_cli.deploy.export import load_trained
+    from bnn_cli.deploy.targets import TargetOptions, load_trained
 
-    job, _, _ = load_trained(two_step, checkpoint="best", data_dir=None, config=None,
-                             trust_plugins=False)
+    job, _, _ = load_trained(two_step, TargetOptions(checkpoint="best"))
     assert job.model.layers[1].kernel_quantizer is not None  # binary weights: stage 2
     capsys.readouterr()
     assert main(["eval", str(two_step), "--json"]) == 0
@@ -185,13 +184,12 @@ def test_a_stage_starts_from_the_weights_the_stage_before_selected(tmp_path):
     """With a learning rate of 1e-12, the second stage ends where it started: with the
     kernels of the first stage's selected checkpoint."""
     from bnn_cli.assemble.job import restore
-    from bnn_cli.deploy.export import load_trained
+    from bnn_cli.deploy.targets import TargetOptions, load_trained
 
     config = write(tmp_path, TWO_STEP.replace("training.learning_rate: 0.002",
                                               "training.learning_rate: 1.0e-12"))
     run = train(config, tmp_path / "runs")
-    job, _, _ = load_trained(run, checkpoint="last", data_dir=None, config=None,
-                             trust_plugins=False)
+    job, _, _ = load_trained(run, TargetOptions(checkpoint="last"))
     ended = [layer.kernel.numpy() for layer in job.model.layers if hasattr(layer, "kernel")]
     from bnn_cli.rundir.run import RunDir
 

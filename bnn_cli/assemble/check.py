@@ -37,7 +37,7 @@ from bnn_cli.config.schema import (
 from bnn_cli.data import pipeline as data
 from bnn_cli.errors import UserError, error_text
 from bnn_cli.registry import load_builtins
-from bnn_cli.rundir.run import RunDir, read_json
+from bnn_cli.rundir.run import RunDir
 
 
 @dataclass
@@ -281,15 +281,11 @@ def load_run_config(run: RunDir, data_dir: str | None = None, *,
     the plugins it names (config.yaml's, overrides.json's) are imported only with
     ``trust_plugins``; without it, naming any is a UserError that names them."""
 
-    extras = read_json(run.file("overrides.json")) if run.file("overrides.json").is_file() \
-        else {}
-    if not isinstance(extras, dict):
-        raise UserError(f"{run.file('overrides.json')} is corrupted: not a JSON object")
+    overrides, plugins = run.read_overrides()
     record = run.read_record_safely()
     source, data_dir = record.config_path, data_dir or record.data_dir
-    overrides, plugins = list(extras.get("overrides", [])), extras.get("plugins", [])
     base = Path(source).parent if source else None  # plugins: relative to the original config
     if not trust_plugins:
         refuse_run_plugins(run, overrides, plugins, base)
-    return check(run.file("config.yaml"), overrides, plugins=plugins, data_dir=data_dir,
+    return check(run.config_file, overrides, plugins=plugins, data_dir=data_dir,
                  plugin_base=base, start_runtime=start_runtime)

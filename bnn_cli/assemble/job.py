@@ -143,10 +143,9 @@ def stage_job(run: RunDir, stage: CheckedStage, stages: list[CheckedStage], *,
 
 
 def selected_checkpoint(run: RunDir, stage: CheckedStage) -> Checkpoint:
-    pointer = run.checkpoints / f"{stage_pointer(stage)}.json"
-    if not pointer.is_file():
-        raise UserError(f"{run.path}: stage {stage.name!r} has no selected checkpoint "
-                        f"({pointer} is missing), so the stages after it cannot start")
+    if run.pointed(stage_pointer(stage)) is None:
+        raise UserError(f"{run.path}: stage {stage.name!r} has no selected checkpoint (no "
+                        f"{stage_pointer(stage)} pointer), so the stages after it cannot start")
     return run.load_checkpoint(stage_pointer(stage))
 
 

@@ -598,7 +598,7 @@ def refuse_run_plugins(run: RunDir, overrides: list[str], plugins: list[str],
     a run's plugins are imported only when the user says they trust them. The config is
     read here without importing anything."""
 
-    config_file = run.file("config.yaml")
+    config_file = run.config_file
     try:
         named = list(load_config(config_file, overrides).spec.plugins)
     except ConfigError:  # checking stops at these problems, before importing anything

@@ -106,7 +106,7 @@ def teacher_run(config: Config, index: int, distill: Distill) -> RunDir:
     if not folder.is_absolute() and config.path is not None:
         folder = config.path.parent / folder
     problem = config.problem(("stages", index, "distill", "teacher"), "")
-    if not (folder / "run.json").is_file():
+    if not RunDir.is_run(folder):
         raise ConfigError([Problem(
             problem.path, f"{distill.teacher!r} is neither an earlier stage of this config "
             f"nor a run directory ({folder} has no run.json); name a stage above this one "

@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 
 from bnn_cli._keras import keras, tf
-from bnn_cli.assemble.job import restore
 from bnn_cli.data import pipeline as data
-from bnn_cli.deploy.evaluate import load_target
 from bnn_cli.deploy.lce_check import check_export
 from bnn_cli.deploy.runtimes import FORMATS, lce_package, load
+from bnn_cli.deploy.targets import TargetOptions, load_trained
 from bnn_cli.errors import UserError
 from bnn_cli.layers import QuantizerMixin
 from bnn_cli.rundir.run import (
@@ -204,9 +203,8 @@ def agreement(expected: np.ndarray, actual: np.ndarray,
 # ---------------------------------------------------------------------------------------
 
 
-def export_target(target: str | Path, *, fmt: str, output: str | Path | None = None,
-                  checkpoint: str = "best", latent: bool = False, data_dir: str | None = None,
-                  config: str | Path | None = None, trust_plugins: bool = False,
+def export_target(target: str | Path, options: TargetOptions, *, fmt: str,
+                  output: str | Path | None = None, latent: bool = False,
                   int8: bool = False) -> ExportReport:
     """Export a run directory / checkpoint / model file (as ``bnn eval`` resolves it) in
     ``fmt``, then check the written export against the trained model on the test split.
@@ -214,8 +212,7 @@ def export_target(target: str | Path, *, fmt: str, output: str | Path | None = N
     ``int8`` (tflite only) quantizes the real-valued operations after training, calibrated
     on the config's training split."""
     _check_format(fmt, int8)
-    job, label, run = load_trained(target, checkpoint=checkpoint, data_dir=data_dir,
-                                   config=config, trust_plugins=trust_plugins)
+    job, label, run = load_trained(target, options)
     path = Path(output) if output else _default_output(Path(target), run, fmt, latent, int8)
     model = latent_model(job.model) if latent else inference_model(job.model)
     _make_folder(path.parent)
@@ -250,20 +247,6 @@ def _check_format(fmt: str, int8: bool) -> None:
                         "or use --format tflite")
     if fmt == "lce":
         lce_package()
-
-
-def load_trained(target: str | Path, *, checkpoint: str, data_dir: str | None,
-                 config: str | Path | None,
-                 trust_plugins: bool) -> tuple[Any, str | None, RunDir | None]:
-    """The job (model built from the checked config) with the target's weights loaded,
-    the checkpoint's name (None for a model file) and the run directory (if any)."""
-
-    found = load_target(target, checkpoint=checkpoint, data_dir=data_dir, config=config,
-                        trust_plugins=trust_plugins)
-    if found.checkpoint is None:
-        return found.job, None, found.run
-    restore(found.job, found.checkpoint, partial=True)
-    return found.job, found.checkpoint.path.name, found.run
 
 
 def _default_output(target: Path, run: RunDir | None, fmt: str, latent: bool,

@@ -19,10 +19,15 @@ from typing import Any
 import numpy as np
 
 from bnn_cli._keras import tf
-from bnn_cli.assemble.check import CheckedConfig, check, load_run_config
+from bnn_cli.assemble.check import CheckedConfig
 from bnn_cli.data import pipeline as data
-from bnn_cli.deploy.export import load_trained
 from bnn_cli.deploy.runtimes import load
+from bnn_cli.deploy.targets import (
+    TargetOptions,
+    checked_config,
+    is_exported_file,
+    load_trained,
+)
 from bnn_cli.errors import UserError
 from bnn_cli.rundir.run import find_run_dir
 
@@ -70,10 +75,9 @@ class PredictReport:
 # ---------------------------------------------------------------------------------------
 
 
-def predict_target(target: str | Path, inputs: Sequence[str | Path] = (), *,
-                   split: str | None = None, top_k: int = 3, checkpoint: str = "best",
-                   data_dir: str | None = None, config: str | Path | None = None,
-                   trust_plugins: bool = False) -> PredictReport:
+def predict_target(target: str | Path, options: TargetOptions,
+                   inputs: Sequence[str | Path] = (), *, split: str | None = None,
+                   top_k: int = 3) -> PredictReport:
     """Top-``top_k`` classes for image files (``inputs``) or the examples of ``split``,
     from a run directory, a checkpoint or an exported file."""
     _check_request(inputs, split, top_k)
@@ -82,8 +86,7 @@ def predict_target(target: str | Path, inputs: Sequence[str | Path] = (), *,
         raise UserError(f"{target}: no such file or directory; give a run directory, a "
                         "checkpoint of one, or a file that `bnn export` wrote")
     images = [(str(path), _decode(Path(path))) for path in inputs]  # fail fast, pre-model
-    model = _load_model(target, checkpoint=checkpoint, data_dir=data_dir, config=config,
-                        trust_plugins=trust_plugins)
+    model = _load_model(target, options)
     if split is not None:
         names, x, labels, changes = _split_examples(model.checked, split)
     else:
@@ -121,46 +124,17 @@ class _Model:
     what: str
 
 
-def _load_model(target: Path, *, checkpoint: str, data_dir: str | None,
-                config: str | Path | None, trust_plugins: bool) -> _Model:
-    if _is_exported_file(target):
-        return _load_export(target, data_dir=data_dir, config=config,
-                            trust_plugins=trust_plugins)
-
-    job, label, _ = load_trained(target, checkpoint=checkpoint, data_dir=data_dir,
-                                 config=config, trust_plugins=trust_plugins)
+def _load_model(target: Path, options: TargetOptions) -> _Model:
+    if is_exported_file(target):
+        # The config first: its plugins must be registered before a .keras file is read.
+        run = find_run_dir(target.parent)  # (`bnn export` writes into RUN/export/)
+        checked = checked_config(target, run, options)
+        source = f"config {options.config}" if options.config else f"config of run {run.path}"
+        runtime = load(target)
+        return _Model(runtime.predict, checked, f"{runtime.name} file, {source}")
+    job, label, _ = load_trained(target, options)
     what = f"checkpoint {label}" if label else "model file"
     return _Model(lambda x: job.model.predict(x, verbose=0), job.checked, what)
-
-
-def _is_exported_file(target: Path) -> bool:
-    """A SavedModel folder, or a file outside a run's checkpoints (whose format the
-    runtimes decide by its bytes); run directories and checkpoints are the rest."""
-    if target.is_dir():
-        return (target / "saved_model.pb").is_file()
-    run = find_run_dir(target.parent)
-    return run is None or run.checkpoints not in target.parents
-
-
-def _load_export(target: Path, *, data_dir: str | None, config: str | Path | None,
-                 trust_plugins: bool) -> _Model:
-    """An exported file through its own runtime, with ``config`` or else its run's."""
-
-    # The config first: its plugins must be registered before a .keras file is read.
-    if config is not None:
-
-        checked, source = check(config, data_dir=data_dir).final, f"config {config}"
-    else:
-        run = find_run_dir(target.parent)  # `bnn export` writes into RUN/export/
-        if run is None:
-            raise UserError(f"{target} is not inside a run directory, so nothing says how "
-                            "its inputs are preprocessed or what its classes are called; "
-                            "pass --config CONFIG.yaml (the config it was trained with)")
-
-        checked = load_run_config(run, data_dir, trust_plugins=trust_plugins).final
-        source = f"config of run {run.path}"
-    runtime = load(target)
-    return _Model(runtime.predict, checked, f"{runtime.name} file, {source}")
 
 
 # ---------------------------------------------------------------------------------------

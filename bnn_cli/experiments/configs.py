@@ -2,35 +2,30 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bnn_cli.config.flat import flatten
+from bnn_cli.errors import UserError
+from bnn_cli.rundir.run import RunDir
 
 IGNORED = ("name",)
 """Keys that differ between any two runs without saying anything about them."""
 
 
 def resolved_config(run: Path) -> dict[str, Any] | None:
-    """A run's config.resolved.yaml, flattened (None if missing or unreadable)."""
-    with contextlib.suppress(OSError, yaml.YAMLError):
-        data = yaml.safe_load((run / "config.resolved.yaml").read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            return flatten(data)
-    return None
+    """A run's resolved config, flattened (None if missing or unreadable)."""
+    data = RunDir(run).read_resolved_config()
+    return None if data is None else flatten(data)
 
 
 def run_overrides(run: Path) -> list[str]:
-    """The KEY=VALUE overrides a run was started with (overrides.json)."""
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads((run / "overrides.json").read_text(encoding="utf-8"))
-        if isinstance(data, dict) and isinstance(data.get("overrides"), list):
-            return [str(o) for o in data["overrides"]]
-    return []
+    """The KEY=VALUE overrides a run was started with ([] where they cannot be read)."""
+    try:
+        return RunDir(run).read_overrides()[0]
+    except UserError:
+        return []
 
 
 def differences(configs: list[dict[str, Any] | None]) -> list[str]:

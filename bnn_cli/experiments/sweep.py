@@ -436,7 +436,7 @@ class _Runner:
         with contextlib.suppress(OSError):
             found = sorted(p for p in self.trials_dir.iterdir()
                            if p.is_dir() and p.name.startswith(prefix)
-                           and (p / "run.json").is_file())
+                           and RunDir.is_run(p))
             if found:
                 trial.run_dir = found[-1]
                 self.study._storage.set_trial_user_attr(trial.trial_id, "run_dir",

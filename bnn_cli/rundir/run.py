@@ -55,10 +55,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bnn_cli.errors import UserError
 from bnn_cli.rundir.record import RunRecord
 
 RUN_FILE = "run.json"
+CONFIG = "config.yaml"
+RESOLVED_CONFIG = "config.resolved.yaml"
+OVERRIDES = "overrides.json"
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 STATE = "state.json"
@@ -508,6 +513,41 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    @staticmethod
+    def is_run(folder: Path) -> bool:
+        """Whether ``folder`` is a run directory (it has a run.json)."""
+        return (Path(folder) / RUN_FILE).is_file()
+
+    # -- the config it was started with ----------------------------------------------------
+
+    def write_config(self, original: str, resolved: dict[str, Any], overrides: list[str],
+                     plugins: list[str]) -> None:
+        """The config as given (config.yaml, what a resume checks again), resolved
+        (config.resolved.yaml, every default written out) and its overrides and plugins."""
+        atomic_write_text(self.file(CONFIG), original)
+        atomic_write_text(self.file(RESOLVED_CONFIG), yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_json(self.file(OVERRIDES), {"overrides": overrides, "plugins": plugins})
+
+    @property
+    def config_file(self) -> Path:
+        return self.file(CONFIG)
+
+    def read_overrides(self) -> tuple[list[str], list[str]]:
+        """The KEY=VALUE overrides and the plugins the run was started with."""
+        path = self.file(OVERRIDES)
+        data = read_json(path) if path.is_file() else {}
+        if not isinstance(data, dict):
+            raise UserError(f"{path} is corrupted: not a JSON object")
+        return [str(o) for o in data.get("overrides") or []], list(data.get("plugins") or [])
+
+    def read_resolved_config(self) -> dict[str, Any] | None:
+        """config.resolved.yaml (None if missing or unreadable)."""
+        with contextlib.suppress(OSError, yaml.YAMLError):
+            data = yaml.safe_load(self.file(RESOLVED_CONFIG).read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                return data
+        return None
+
     # -- the lock --------------------------------------------------------------------------
 
     def lock(self) -> None:
@@ -698,12 +738,14 @@ class RunDir:
     def prune(self) -> None:
         """Delete checkpoint folders no pointer refers to (and leftovers of crashes)."""
         # (last, best, and what each finished stage of a multi-stage run selected)
-        keep = {self._pointer(p.stem) for p in self.checkpoints.glob("*.json")} - {None}
+        keep = {self.pointed(p.stem) for p in self.checkpoints.glob("*.json")} - {None}
         for child in self.checkpoints.iterdir():
             if child.is_dir() and child.name not in keep:
                 shutil.rmtree(child, ignore_errors=True)
 
-    def _pointer(self, which: str) -> str | None:
+    def pointed(self, which: str) -> str | None:
+        """The checkpoint folder a pointer (``last``, ``best``, ``stage-NAME``) names, or
+        None if there is no such pointer (or it cannot be read)."""
         try:
             return read_json(self.checkpoints / f"{which}.json")["checkpoint"]
         except (UserError, KeyError, TypeError):
@@ -730,7 +772,7 @@ class RunDir:
         if not self.checkpoints.is_dir():
             raise UserError(f"{self.path} has no checkpoints yet; start the run again "
                             "instead of resuming it")
-        pointed = self._pointer(which)
+        pointed = self.pointed(which)
         pointer = self.checkpoints / f"{which}.json"
         if pointed is None and pointer.exists():
             warn(f"warning: {pointer} is unreadable (truncated or corrupted); using the "

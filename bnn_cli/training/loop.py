@@ -21,8 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bnn_cli._keras import keras, tf
 from bnn_cli.assemble import strategy as distribute
 from bnn_cli.assemble.check import CheckedConfig, CheckedStage, check, load_run_config
@@ -42,6 +40,9 @@ from bnn_cli.data import pipeline as datamod
 from bnn_cli.errors import UserError
 from bnn_cli.models import summary, summary_data
 from bnn_cli.rundir.run import (
+    CONFIG,
+    OVERRIDES,
+    RUN_FILE,
     RunDir,
     atomic_write_json,
     atomic_write_text,
@@ -144,12 +145,8 @@ def _next_stage(job: Job, state: LoopState, stages: list[CheckedStage]) -> Job:
 def _write_run_files(run: RunDir, config: Config, overrides: list[str], model: keras.Model,
                      plugins: list[str]) -> None:
     original = flattened_text(config.path) if config.path else ""
-    atomic_write_text(run.file("config.yaml"), original)
-    resolved = config.spec.model_dump(mode="json")
-    resolved["name"] = config.name
-    atomic_write_text(run.file("config.resolved.yaml"),
-                      yaml.safe_dump(resolved, sort_keys=False))
-    atomic_write_json(run.file("overrides.json"), {"overrides": overrides, "plugins": plugins})
+    resolved = {**config.spec.model_dump(mode="json"), "name": config.name}
+    run.write_config(original, resolved, overrides, plugins)
     lines: list[str] = []
     summary(model, print_fn=lines.append)
     atomic_write_text(run.file("summary.txt"), "\n".join(lines) + "\n")
@@ -265,7 +262,7 @@ def _resume_worker(run: RunDir, checked: CheckedConfig) -> TrainResult:
         copy = RunDir(Path(folder) / run.path.name)
         try:
             copy.path.mkdir()
-            for name in ("config.yaml", "overrides.json", "run.json"):
+            for name in (CONFIG, OVERRIDES, RUN_FILE):
                 if run.file(name).is_file():
                     shutil.copy2(run.file(name), copy.file(name))
             if run.checkpoints.is_dir():
@@ -314,7 +311,7 @@ def _resume(run: RunDir, checked: CheckedConfig) -> TrainResult:
 
 def _warn_if_config_differs(run: RunDir, given: Path) -> None:
     """CONFIG given with --resume is not read: say so if it differs from the stored one."""
-    stored = run.file("config.yaml")
+    stored = run.config_file
     if not stored.is_file():
         return
     try:

@@ -7,7 +7,6 @@ failed), or found already completed by a resume.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 from collections.abc import Iterator
@@ -79,7 +78,7 @@ def _test_evaluation(job: Job) -> dict[str, Any]:
     without one) evaluated on ``data.test_split``, and how it was chosen."""
 
     run, spec = job.run, job.config.spec
-    pointer = "best" if (run.checkpoints / "best.json").is_file() else "last"
+    pointer = "best" if run.pointed("best") is not None else "last"
     checkpoint = run.load_checkpoint(pointer)
     selected_on = selection(job.config) if pointer == "best" else None
     report = evaluate_checkpoint(job, checkpoint, spec.data.test_split, str(run.path),
@@ -160,10 +159,7 @@ def already_completed(run: RunDir) -> TrainResult:
     # Not an error: a kill can land after the run recorded its completion (while the
     # process exits), and `--resume` after any kill must end with a finished run.
     sys.stderr.write(f"{run.path} already completed; nothing to resume\n")
-    history = []
-    with contextlib.suppress(OSError, ValueError):
-        history = [json.loads(x) for x in run.file("metrics.jsonl").read_text().splitlines()]
-    return TrainResult(run.path, "completed", EXIT_OK, history)
+    return TrainResult(run.path, "completed", EXIT_OK, run.read_history())
 
 
 @contextlib.contextmanager
