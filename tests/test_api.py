@@ -93,3 +93,24 @@ def test_a_run_remembers_its_data_dir(tmp_path, monkeypatch, capsys):
     assert report.metrics["accuracy"] == pytest.approx(run.test["metrics"]["accuracy"])
     with pytest.raises(bnn_cli.UserError, match="elsewhere"):
         bnn_cli.evaluate(run.path, data_dir=str(tmp_path / "elsewhere"))
+
+
+def test_a_tie_on_the_monitor_is_broken_by_the_loss_and_reported(tmp_path, capsys):
+    """The quickstart's 144 validation examples reach the same val_accuracy in several
+    epochs: the checkpoint kept is the tied epoch with the lowest val_loss, and `bnn eval`
+    says it was a tie."""
+    from bnn_cli.config.monitor import tied_epochs
+
+    run = bnn_cli.train(QUICKSTART, "training.epochs=8", output=tmp_path)
+    best = run.best["epoch"]
+    tied = tied_epochs(run.history, "val_accuracy", best)
+    rows = {row["epoch"]: row for row in run.history}
+    top = max(row["val_accuracy"] for row in run.history)
+    assert rows[best]["val_accuracy"] == top
+    assert rows[best]["val_loss"] == min(rows[e]["val_loss"] for e in [best, *tied])
+    if not tied:
+        pytest.skip("no tie on val_accuracy in this run (the rule above still held)")
+    assert run.test["selected_on"]["tied_with"] == tied
+    assert main(["eval", str(run.path)]) == 0
+    out = capsys.readouterr().out
+    assert "a tie" in out and "val_loss decided" in out, out

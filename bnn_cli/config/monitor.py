@@ -68,16 +68,47 @@ def selection(cfg: Config) -> dict[str, str | None]:
     return {"split": split, "monitor": monitor}
 
 
+def tie_breaker(monitor: str) -> str | None:
+    """The metric that decides between epochs with the same ``monitor`` value: the loss
+    on the same split. Accuracy ties are common on a small validation split (the
+    quickstart's 144 examples reach 1.0 in several epochs); the first of them is not
+    a choice."""
+    loss = "val_loss" if monitor.startswith("val_") else "loss"
+    return None if monitor == loss else loss
+
+
+def improves(row: dict[str, Any], best: dict[str, Any] | None, monitor: str,
+             mode: str) -> bool:
+    """Whether the epoch ``row`` is better than the best epoch so far (``best``, its
+    history row): by ``monitor``, and on a tie by :func:`tie_breaker` (lower wins)."""
+    if best is None:
+        return True
+    if row[monitor] != best[monitor]:
+        return is_better(row[monitor], best[monitor], mode)
+    breaker = tie_breaker(monitor)
+    return (breaker is not None and isinstance(row.get(breaker), (int, float))
+            and isinstance(best.get(breaker), (int, float)) and row[breaker] < best[breaker])
+
+
+def tied_epochs(history: list[dict[str, Any]], monitor: str, epoch: int) -> list[int]:
+    """The other epochs (of the same stage) whose ``monitor`` equals ``epoch``'s."""
+    chosen = next((row for row in history if row.get("epoch") == epoch), None)
+    if chosen is None or monitor not in chosen:
+        return []
+    return [row["epoch"] for row in history if row.get("epoch") != epoch
+            and row.get("stage") == chosen.get("stage") and row.get(monitor) == chosen[monitor]]
+
+
 def best_epochs(history: list[dict[str, Any]], monitor: str, mode: str) -> list[int]:
     """The epoch with the best ``monitor`` (one per stage of a multi-stage run: each
-    stage selects its own), as the run's checkpoints chose them (the first of ties)."""
-    best: dict[Any, tuple[float, int]] = {}
+    stage selects its own), as the run's checkpoints chose them (ties broken by
+    :func:`tie_breaker`)."""
+    best: dict[Any, dict[str, Any]] = {}
     for row in history:
         value = row.get(monitor)
         if not isinstance(value, (int, float)) or value != value:  # (NaN)
             continue
         stage = row.get("stage")
-        old = best.get(stage)
-        if is_better(value, None if old is None else old[0], mode):
-            best[stage] = (value, row["epoch"])
-    return [epoch for _, epoch in best.values()]
+        if improves(row, best.get(stage), monitor, mode):
+            best[stage] = row
+    return [row["epoch"] for row in best.values()]

@@ -16,7 +16,7 @@ from typing import Any
 from bnn_cli._keras import keras, tf
 from bnn_cli.assemble import mixed_precision as precision
 from bnn_cli.assemble.job import Job
-from bnn_cli.config.monitor import is_better, monitor_mode
+from bnn_cli.config.monitor import improves, monitor_mode
 from bnn_cli.data import pipeline as datamod
 from bnn_cli.errors import UserError
 from bnn_cli.rundir.run import (
@@ -211,10 +211,11 @@ class Epochs(keras.callbacks.Callback):
         monitor, stop = training.monitor, training.early_stopping
         state.epoch += 1
         state.history.append(row)
-        value = row[monitor]  # (checks made sure that it is logged)
-        improved = is_better(value, state.best_value, monitor_mode(training, monitor))
+        best = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
+        # (checks made sure that the monitor is logged)
+        improved = improves(row, best, monitor, monitor_mode(training, monitor))
         if improved:
-            state.best_value, state.best_epoch = value, state.epoch
+            state.best_value, state.best_epoch = row[monitor], state.epoch
         if stop:
             count_patience(training, state, row)
         state.wall_time = time.perf_counter() - self.started

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bnn_cli.assemble.job import Job, restore
+from bnn_cli.config.monitor import tie_breaker, tied_epochs
 from bnn_cli.config.schema import Config
 from bnn_cli.data import pipeline as data
 from bnn_cli.errors import UserError
@@ -31,7 +32,7 @@ class EvalReport:
     checkpoint: str | None = None
     epoch: int | None = None
     pointer: str | None = None  # "best"/"last": the run's pointer that names the checkpoint
-    selected_on: dict[str, str | None] | None = None  # the split and monitor that chose it
+    selected_on: dict[str, Any] | None = None  # the split and monitor that chose it (ties)
     warning: str | None = None
     written: list[str] = field(default_factory=list)
     unsaved: str | None = None  # why the report could not be written into the run
@@ -66,17 +67,22 @@ class EvalReport:
 
 
 def describe_selection(pointer: str | None, checkpoint: str,
-                       selected_on: dict[str, str | None] | None) -> str:
+                       selected_on: dict[str, Any] | None) -> str:
     """``best checkpoint epoch-0003, chosen on split 'train[90%:]' by val_accuracy``."""
     if pointer == "best" and selected_on:
+        tie = ""
+        if selected_on.get("tied_with"):
+            epochs = ", ".join(str(e) for e in selected_on["tied_with"])
+            tie = (f" (a tie: epoch(s) {epochs} reached the same {selected_on['monitor']}; "
+                   f"{selected_on.get('tie_broken_by') or 'the first'} decided)")
         return (f"best checkpoint {checkpoint}, chosen on split {selected_on['split']!r} "
-                f"by {selected_on['monitor']}")
+                f"by {selected_on['monitor']}{tie}")
     if pointer == "last":
         return f"last checkpoint {checkpoint} (the latest epoch; not chosen by a metric)"
     return f"checkpoint {checkpoint} (named directly; no pointer of the run names it)"
 
 
-def selection_warning(cfg: Config, data_dir: str | None, selected_on: dict[str, str | None],
+def selection_warning(cfg: Config, data_dir: str | None, selected_on: dict[str, Any],
                       split: str) -> str | None:
     """A warning when the split a checkpoint was chosen on shares examples with ``split``
     (the metric on ``split`` is then optimistic), else None."""
@@ -114,16 +120,24 @@ def _splits_overlap(cfg: Config, data_dir: str | None, a: str, b: str) -> bool:
 
 def evaluate_checkpoint(job: Job, checkpoint: Checkpoint, split: str, target: str,
                         pointer: str | None = None,
-                        selected_on: dict[str, str | None] | None = None) -> EvalReport:
+                        selected_on: dict[str, Any] | None = None) -> EvalReport:
     """Load ``checkpoint`` into the job's model and evaluate it on ``split`` (the report
-    is also written into the job's run directory)."""
-
+    is also written into the job's run directory). A best checkpoint whose monitor value
+    other epochs reached too says so (``selected_on``'s ``tied_with``)."""
     restore(job, checkpoint, partial=True)
-    report = evaluate(job.model, job.config, job.data_dir, split, job.run, target,
-                       checkpoint.path.name, checkpoint.state.get("epoch"))
+    epoch = checkpoint.state.get("epoch")
+    report = evaluate(job.model, job.config, job.data_dir, split, None, target,
+                      checkpoint.path.name, epoch)
+    if selected_on is not None and pointer == "best":
+        monitor = selected_on["monitor"]
+        tied = tied_epochs(job.run.read_history(), monitor, epoch)
+        if tied:
+            selected_on = {**selected_on, "tied_with": tied,
+                           "tie_broken_by": tie_breaker(monitor)}
     report.pointer, report.selected_on = pointer, selected_on
     if selected_on is not None:
         report.warning = selection_warning(job.config, job.data_dir, selected_on, split)
+    _save(report, job.run)
     return report
 
 

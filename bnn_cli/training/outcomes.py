@@ -84,7 +84,7 @@ def _test_evaluation(job: Job) -> dict[str, Any]:
     report = evaluate_checkpoint(job, checkpoint, spec.data.test_split, str(run.path),
                                  pointer, selected_on)
     test = {"split": report.split, "checkpoint": report.checkpoint, "epoch": report.epoch,
-            "pointer": pointer, "selected_on": selected_on, "metrics": report.metrics}
+            "pointer": pointer, "selected_on": report.selected_on, "metrics": report.metrics}
     if report.warning:
         test["warning"] = report.warning
         sys.stderr.write(f"warning: {report.warning}\n")
