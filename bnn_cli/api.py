@@ -205,4 +205,4 @@ def _with_absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
 
 def _relabel(message: str, path: Path, label: str, lines: bool) -> str:
     where = re.escape(str(path)) + r"(:\d+:\d+)?"
-    return re.sub(where, lambda m: label + (m.group(1) or "" if lines else ""), message)
+    return re.sub(where, lambda m: label + ((m.group(1) or "") if lines else ""), message)
