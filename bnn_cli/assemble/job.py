@@ -18,10 +18,7 @@ from bnn_cli.config.schema import Config
 from bnn_cli.data import pipeline as datamod
 from bnn_cli.errors import UserError, error_text
 from bnn_cli.metrics import metrics_scope
-from bnn_cli.rundir.run import (
-    Checkpoint,
-    RunDir,
-)
+from bnn_cli.rundir.run import Checkpoint, RunDir
 
 
 @dataclass

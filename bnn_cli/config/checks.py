@@ -17,10 +17,7 @@ from typing import Any
 from bnn_cli._keras import keras
 from bnn_cli.config.argtypes import construction_problem, plain_mismatch
 from bnn_cli.config.graph import Graph, Node, cycles, expand, topological
-from bnn_cli.config.schema import (
-    Config,
-    Problem,
-)
+from bnn_cli.config.schema import Config, Problem
 from bnn_cli.config.source import PathKey
 from bnn_cli.errors import did_you_mean
 from bnn_cli.registry import REGISTRY, Entry, signature_params

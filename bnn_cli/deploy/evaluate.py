@@ -11,10 +11,7 @@ from bnn_cli.config.monitor import selection
 from bnn_cli.config.schema import Config
 from bnn_cli.deploy.targets import TargetOptions, resolve
 from bnn_cli.errors import UserError
-from bnn_cli.rundir.run import (
-    Checkpoint,
-    RunDir,
-)
+from bnn_cli.rundir.run import Checkpoint, RunDir
 from bnn_cli.training.evaluation import EvalReport, evaluate, evaluate_checkpoint
 
 

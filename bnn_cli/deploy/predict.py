@@ -22,12 +22,7 @@ from bnn_cli._keras import tf
 from bnn_cli.assemble.check import CheckedConfig
 from bnn_cli.data import pipeline as data
 from bnn_cli.deploy.runtimes import load
-from bnn_cli.deploy.targets import (
-    TargetOptions,
-    checked_config,
-    is_exported_file,
-    load_trained,
-)
+from bnn_cli.deploy.targets import TargetOptions, checked_config, is_exported_file, load_trained
 from bnn_cli.errors import UserError
 from bnn_cli.rundir.run import find_run_dir
 

@@ -19,9 +19,7 @@ from bnn_cli.assemble.job import Job
 from bnn_cli.config.monitor import improves, monitor_mode
 from bnn_cli.data import pipeline as datamod
 from bnn_cli.errors import UserError
-from bnn_cli.rundir.run import (
-    atomic_write_json,
-)
+from bnn_cli.rundir.run import atomic_write_json
 from bnn_cli.training.state import LoopState, count_patience
 
 

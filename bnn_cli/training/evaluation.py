@@ -16,12 +16,7 @@ from bnn_cli.config.monitor import tie_breaker, tied_epochs
 from bnn_cli.config.schema import Config
 from bnn_cli.data import pipeline as data
 from bnn_cli.errors import UserError
-from bnn_cli.rundir.run import (
-    Checkpoint,
-    RunDir,
-    atomic_write_json,
-    safe_name,
-)
+from bnn_cli.rundir.run import Checkpoint, RunDir, atomic_write_json, safe_name
 
 
 @dataclass

@@ -19,10 +19,7 @@ from bnn_cli.assemble.job import Job
 from bnn_cli.config.monitor import monitor_mode, selection
 from bnn_cli.errors import UserError, error_text
 from bnn_cli.plots import plot_history
-from bnn_cli.rundir.run import (
-    RunDir,
-    atomic_save,
-)
+from bnn_cli.rundir.run import RunDir, atomic_save
 from bnn_cli.training.callbacks import Guard
 from bnn_cli.training.evaluation import describe_selection, evaluate_checkpoint
 from bnn_cli.training.state import LoopState
