@@ -156,6 +156,9 @@ def _config_file(config: ConfigSource | None) -> Iterator[Path | None]:
     if config is None or isinstance(config, Path):
         yield config
         return
+    if not isinstance(config, str | Mapping):
+        raise UserError(f"a config is a path, YAML text or a dict, not a "
+                        f"{type(config).__name__}")
     if isinstance(config, str) and not _is_yaml_text(config):
         yield Path(config)
         return
@@ -167,12 +170,23 @@ def _config_file(config: ConfigSource | None) -> Iterator[Path | None]:
     text = config if isinstance(config, str) and data is config else None
     with tempfile.TemporaryDirectory(prefix="bnn-config-") as folder:
         path = Path(folder) / f"{name if isinstance(name, str) else 'config'}.yaml"
-        path.write_text(text or yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        path.write_text(text or _yaml_of(data), encoding="utf-8")
         try:
             yield path
         except UserError as exc:
             exc.args = (_relabel(str(exc), path, label, lines),)
             raise
+
+
+def _yaml_of(data: Any) -> str:
+    """A dict config as YAML; a value YAML has no plain form for is the caller's to fix."""
+    try:
+        return yaml.safe_dump(data, sort_keys=False)
+    except yaml.YAMLError as exc:
+        value = exc.args[1] if len(exc.args) > 1 else exc
+        raise UserError(f"<dict>: the config holds {value!r} ({type(value).__name__}), which a "
+                        "config cannot: give plain values (str, int, float, bool, None, "
+                        "lists and dicts of them), e.g. str(path) for a path") from None
 
 
 def _is_yaml_text(text: str) -> bool:

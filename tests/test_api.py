@@ -114,3 +114,10 @@ def test_a_tie_on_the_monitor_is_broken_by_the_loss_and_reported(tmp_path, capsy
     assert main(["eval", str(run.path)]) == 0
     out = capsys.readouterr().out
     assert "a tie" in out and "val_loss decided" in out, out
+
+
+def test_a_dict_value_yaml_cannot_write_is_a_user_error():
+    config = _quickstart()
+    config["data"]["data_dir"] = Path("/tmp")
+    with pytest.raises(bnn_cli.UserError, match=r"^<dict>: the config holds PosixPath"):
+        bnn_cli.check(config)

@@ -116,7 +116,7 @@ def test_resume_is_refused_while_a_live_process_holds_the_run(tmp_path, capsys):
         holder.wait()
     assert json.loads((run / "run.json").read_text())["status"] == "running"  # as left
     assert RunDir(run).effective_status() == "interrupted"
-    assert RunDir(run).read_status()["epochs_done"] == 1
+    assert RunDir(run).read_record().epochs_done == 1
     # `bnn eval` of the folder of runs lists it with the status that is true now.
     assert main(["eval", str(runs)]) == 2
     assert "interrupted" in capsys.readouterr().err
@@ -273,13 +273,13 @@ def test_a_full_disk_that_refuses_even_run_json_still_reads_failed(tmp_path, cap
     assert "epoch-0002" in refused and "run.json" in refused  # the status write was tried
     run = _only_run(tmp_path)
     assert _status_file(run)["status"] == "running"
-    status = RunDir(run).read_status()
-    assert status["status"] == "failed" and "the disk is full" in status["error"]
-    assert status["epochs_done"] == 1
+    status = RunDir(run).read_record()
+    assert status.status == "failed" and "the disk is full" in status.error
+    assert status.epochs_done == 1
     monkeypatch.undo()  # space again
     assert main(["train", "--resume", str(run)]) == 0
     assert _status_file(run)["status"] == "completed"
-    assert RunDir(run).read_status()["status"] == "completed"
+    assert RunDir(run).read_record().status == "completed"
 
 
 @pytest.fixture
@@ -335,8 +335,8 @@ def test_a_really_full_disk_marks_the_run_failed(small_disk, tmp_path, capsys, m
     assert "cannot write a checkpoint" in err and "Traceback" not in err
     run = _only_run(out)
     assert _status_file(run)["status"] == "running"  # run.json could not be rewritten
-    status = RunDir(run).read_status()
-    assert status["status"] == "failed" and "cannot write a checkpoint" in status["error"]
+    status = RunDir(run).read_record()
+    assert status.status == "failed" and "cannot write a checkpoint" in status.error
     assert RunDir(run).load_checkpoint("last").state["epoch"] == 1
     monkeypatch.undo()
     filler.unlink()

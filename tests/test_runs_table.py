@@ -171,4 +171,4 @@ def test_a_killed_run_is_interrupted_not_running(tmp_path):
     (row,) = list_runs(out).rows
     assert row["status"] == "interrupted" and row["epochs_done"] >= 1
     assert list_runs(out, filters=["status=interrupted"]).rows
-    assert RunDir(run).read_status()["status"] == "interrupted"
+    assert RunDir(run).read_record().status == "interrupted"

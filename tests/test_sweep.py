@@ -52,7 +52,7 @@ def test_grid_of_two_values_makes_two_runs_and_a_table_naming_both(tmp_path, cap
     out, err = capsys.readouterr()
     runs = _trial_dirs(folder)
     assert len(runs) == 2
-    assert all(RunDir(r).read_status()["status"] == "completed" for r in runs)
+    assert all(RunDir(r).read_record().status == "completed" for r in runs)
     rows = _results(folder)
     assert sorted(r[LR] for r in rows) == ["0.001", "0.01"]
     assert {r["state"] for r in rows} == {"completed"}
@@ -252,8 +252,8 @@ def test_a_sweep_killed_in_its_second_trial_resumes_it_and_runs_no_trial_twice(t
         time.sleep(0.1)
     from bnn_cli.experiments.table import list_runs
 
-    cut = RunDir(second).read_status()
-    assert cut["epochs_done"] < epochs, "the second trial finished before the kill landed"
+    cut = RunDir(second).read_record()
+    assert cut.epochs_done < epochs, "the second trial finished before the kill landed"
     statuses = {Path(r["path"]).name: r["status"] for r in list_runs(folder).rows}
     assert statuses[second.name] == "interrupted"
     assert sorted(statuses.values()) == ["completed", "interrupted"]

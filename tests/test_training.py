@@ -170,7 +170,7 @@ def test_sigterm_once_a_checkpoint_exists_exits_143_and_the_run_is_interrupted(
     status = json.loads((run / "run.json").read_text())
     assert status["status"] == "interrupted"
     assert 1 <= status["epochs_done"] < epochs
-    assert RunDir(run).read_status()["status"] == "interrupted"
+    assert RunDir(run).read_record().status == "interrupted"
     (row,) = list_runs(tmp_path).rows
     assert row["status"] == "interrupted"
     # The checkpoint it left is the last finished epoch's, readable.

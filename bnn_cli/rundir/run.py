@@ -588,10 +588,6 @@ class RunDir:
         except UserError:
             return RunRecord()
 
-    def read_status(self) -> dict[str, Any]:
-        """:meth:`read_record` as run.json's plain object."""
-        return self.read_record().to_json()
-
     def effective_status(self) -> str | None:
         """The run's status as :meth:`read_record` tells it (None if unreadable)."""
         return self.read_record_safely().status
