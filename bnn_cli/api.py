@@ -200,15 +200,27 @@ def _parsed(text: str) -> Any:
     from bnn_cli.config.source import parse_yaml
 
     data = parse_yaml(text, "<yaml>").data  # (safe, located errors, size limits)
-    if isinstance(data, dict) and (data.get("extends") or data.get("plugins")):
+    if isinstance(data, dict) and (data.get("extends") or data.get("plugins")
+                                   or _relative_folder(data) is not None):
         return _with_absolute_paths(data)
     return text
+
+
+def _relative_folder(data: dict[str, Any]) -> str | None:
+    """``data.dataset`` made absolute where it is a relative path to a folder here."""
+    section = data.get("data")
+    dataset = section.get("dataset") if isinstance(section, dict) else None
+    if not isinstance(dataset, str) or Path(dataset).expanduser().is_absolute():
+        return None
+    return str(Path(dataset).resolve()) if Path(dataset).is_dir() else None
 
 
 def _with_absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
     """A config file's ``extends`` and plugin files are relative to its folder; a config
     that is not a file has them relative to the current folder."""
     out = dict(data)
+    if (folder := _relative_folder(out)) is not None:
+        out["data"] = {**out["data"], "dataset": folder}
     if isinstance(out.get("extends"), str):
         out["extends"] = str(Path(out["extends"]).expanduser().resolve())
     if isinstance(out.get("plugins"), list):

@@ -115,10 +115,11 @@ def check(path: str | Path, overrides: Iterable[str] = (), *, plugins: Iterable[
     config = _load(path, list(overrides))
     runtime = _start_runtime(config) if start_runtime else None
     load_plugins(config, plugins, plugin_base)
-    checked = _check_loaded(config, data_dir, allow_unprepared_data, runtime)
+    base = plugin_base or Path(path).parent
+    checked = _check_loaded(config, data_dir, allow_unprepared_data, runtime, base)
     if config.spec.stages:
         checked.stages = _check_stages(checked, Path(path), list(overrides), data_dir,
-                                       allow_unprepared_data, start_runtime)
+                                       allow_unprepared_data, start_runtime, base)
     return checked
 
 
@@ -152,10 +153,12 @@ def _runtime_batch_problems(config: Config) -> list[Problem]:
 
 
 def _check_loaded(config: Config, data_dir: str | None, allow_unprepared_data: bool,
-                  runtime: list[Problem] | None = None) -> CheckedConfig:
+                  runtime: list[Problem] | None = None, base: Path | None = None
+                  ) -> CheckedConfig:
     """Check a loaded config (its plugins imported): model, training, data; with
     ``runtime`` (the runtime section's problems, when it was checked), the batch size
-    against the strategy's replicas too."""
+    against the strategy's replicas too. A dataset folder is made absolute here, from
+    ``base`` (the config file's folder)."""
     graph, problems = graph_problems(config)
     monitor_chosen = resolve_monitor(config, graph.outputs)
     problems += training_problems(config, graph)
@@ -165,9 +168,12 @@ def _check_loaded(config: Config, data_dir: str | None, allow_unprepared_data: b
 
     resolved_dir = data.resolve_data_dir(config.spec.data.data_dir, data_dir)
     try:
+        folder = data.dataset_path(config.spec.data.dataset, base)
+        if folder is not None:
+            config.spec.data.dataset = str(folder)
         info = data.dataset_info(config.spec.data, resolved_dir)
-    except data.DatasetNameError as exc:  # a mistake in the file: say where it is
-        raise ConfigError([config.problem(("data", exc.key), str(exc))]) from None
+    except data.DataKeyError as exc:  # a mistake in the file: say where it is
+        raise ConfigError([config.problem(("data", *exc.path), str(exc))]) from None
     except UserError as exc:
         if not (allow_unprepared_data and config.spec.model.inputs
                 and _known_but_unprepared(config.spec.data.dataset, resolved_dir)):
@@ -181,7 +187,8 @@ def _check_loaded(config: Config, data_dir: str | None, allow_unprepared_data: b
 
 def _check_stages(base: CheckedConfig, path: Path, overrides: list[str],
                   data_dir: str | None, allow_unprepared_data: bool,
-                  start_runtime: bool = False) -> list[CheckedStage]:
+                  start_runtime: bool = False, folder: Path | None = None
+                  ) -> list[CheckedStage]:
     """Each stage's config checked as a whole config; its teacher resolved and checked."""
     config, specs = base.config, base.spec.stages or []
     names = [s.name for s in specs]
@@ -193,7 +200,8 @@ def _check_stages(base: CheckedConfig, path: Path, overrides: list[str],
     for i, spec in enumerate(specs):
         try:
             checked = _check_loaded(staging.stage_config(path, i, overrides), data_dir,
-                                    allow_unprepared_data, [] if start_runtime else None)
+                                    allow_unprepared_data, [] if start_runtime else None,
+                                    folder)
         except ConfigError as exc:
             raise ConfigError([Problem(p.path, f"in stage {spec.name!r}: {p.message}",
                                        p.location) for p in exc.problems]) from None

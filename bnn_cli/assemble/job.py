@@ -13,7 +13,7 @@ from bnn_cli.assemble import mixed_precision as precision
 from bnn_cli.assemble import strategy as distribute
 from bnn_cli.assemble.check import CheckedConfig, CheckedStage
 from bnn_cli.assemble.distillation import Distiller
-from bnn_cli.assemble.model import build_optimizer
+from bnn_cli.assemble.model import build_loss, build_optimizer
 from bnn_cli.config.schema import Config
 from bnn_cli.data import pipeline as datamod
 from bnn_cli.errors import UserError, error_text
@@ -73,14 +73,15 @@ def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = No
         runtime = checked.spec.runtime
         engine = {"jit_compile": runtime.jit_compile,
                   "steps_per_execution": runtime.steps_per_execution}
-        model.compile(optimizer=optimizer, loss=training.loss,
+        loss = build_loss(training)
+        model.compile(optimizer=optimizer, loss=loss,
                       metrics=list(training.metrics), **engine)
         trainer = None
         if stage is not None and stage.distill is not None:
 
             with precision.policy(policy):  # (its loss scaling follows the model's)
                 trainer = Distiller(model, teacher, stage.distill)
-            trainer.compile(optimizer=optimizer, loss=training.loss,
+            trainer.compile(optimizer=optimizer, loss=loss,
                             metrics=list(training.metrics), **engine)
         # Create the optimizer's slots now, so a checkpoint restores into them.
         if hasattr(optimizer, "build"):

@@ -127,6 +127,26 @@ class _WeightBudget:
 # ---------------------------------------------------------------------------------------
 
 
+def build_loss(training: TrainingConfig) -> Any:
+    """``training.loss``, with ``training.label_smoothing`` where it is set: Keras's own
+    smoothing for one-hot and binary labels; for class indices, the same formula on
+    their one-hot form."""
+    smoothing, name = training.label_smoothing, training.loss
+    if not smoothing:
+        return name
+    if name == "sparse_categorical_crossentropy":
+        def sparse_categorical_crossentropy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+            labels = tf.cast(tf.reshape(y_true, tf.shape(y_pred)[:-1]), tf.int32)
+            return keras.losses.categorical_crossentropy(
+                tf.one_hot(labels, tf.shape(y_pred)[-1], dtype=y_pred.dtype), y_pred,
+                label_smoothing=smoothing)
+
+        return sparse_categorical_crossentropy
+    classes = {"categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+               "binary_crossentropy": keras.losses.BinaryCrossentropy}
+    return classes[name](label_smoothing=smoothing)
+
+
 def learning_rate(training: TrainingConfig, steps_per_epoch: int) -> Any:
     if isinstance(training.learning_rate, float | int):
         return float(training.learning_rate)

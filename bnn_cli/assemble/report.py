@@ -31,7 +31,8 @@ class CheckReport:
                 **({"deployability": self.deployability.as_dict()}
                    if self.deployability else {}),
                 **({"stages": [_stage_dict(s) for s in self.checked.stages]}
-                   if self.checked.stages else {})}
+                   if self.checked.stages else {}),
+                **({"data": _data_dict(self.checked.data)} if self.checked.data else {})}
 
     def print(self) -> None:
         print("\n".join(self.text))
@@ -52,6 +53,8 @@ class CheckReport:
                   " the checkpoint is chosen on it, so its test metrics are optimistic; "
                   "hold validation data out of the training split (e.g. "
                   "train_split: 'train[:90%]', validation_split: 'train[90%:]')")
+        if self.checked.data is not None:
+            print("\n" + "\n".join(_data_lines(self.checked.data)))
         if self.checked.data_unchecked:
             print(f"\nwarning: the data section was NOT checked (the model was, with its "
                   f"given input shapes); `bnn train` will refuse this config until the "
@@ -97,3 +100,32 @@ def _stage_line(stage: Any) -> str:
                  + (f", attention {d.attention_weight:g} on {len(d.attention)} layers"
                     if d.attention else "") + ")")
     return text
+
+
+def _data_dict(info: Any) -> dict[str, Any]:
+    return {"dataset": info.full_name, "kind": info.kind, "classes": info.num_classes,
+            "class_names": list(info.class_names or []), "splits": info.split_sizes,
+            "input_shape": list(info.input_shape),
+            "image_sizes": [list(size) for size in info.image_sizes],
+            "skipped": list(info.skipped)}
+
+
+def _data_lines(info: Any) -> list[str]:
+    """What ``bnn check`` says of the data: classes, splits, image sizes, skipped files."""
+    kinds = {"tfds": "TFDS", "tfds_directory": "a TFDS dataset directory",
+             "image_folder": "a folder of images"}
+    names = list(info.class_names or [])
+    shown = ", ".join(names[:10]) + (f", ... ({len(names) - 10} more)" if len(names) > 10
+                                     else "")
+    lines = [f"data: {info.full_name} ({kinds[info.kind]})",
+             f"  classes: {info.num_classes}" + (f" ({shown})" if names else ""),
+             "  examples: " + ", ".join(f"{s} {n:,}" for s, n in info.split_sizes.items()),
+             "  model input: " + "x".join("?" if d is None else str(d)
+                                          for d in info.input_shape)]
+    if info.image_sizes:
+        lines.append("  image sizes (commonest, height x width): "
+                     + ", ".join(f"{h}x{w}" for h, w in info.image_sizes))
+    if info.skipped:
+        lines.append(f"  skipped {len(info.skipped)} file(s) (data.bad_images: skip):")
+        lines += [f"    {line}" for line in info.skipped[:10]]
+    return lines

@@ -194,6 +194,10 @@ def _unknown_args(entry: Entry, given: set[str], what: str,
             f"{did_you_mean(unknown[0], allowed - {'name'})}")
 
 
+SMOOTHABLE_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
+                     "binary_crossentropy")
+
+
 def training_problems(config: Config, graph: Graph) -> list[Problem]:
     """Keras looks these names up only when training starts, so a typo would fail the
     run after its directory was created; they are checked with the rest."""
@@ -205,6 +209,11 @@ def training_problems(config: Config, graph: Graph) -> list[Problem]:
         known = _keras_names(keras.losses)
         problems.append(config.problem(("training", "loss"), f"unknown loss "
                                        f"{training.loss!r}{did_you_mean(training.loss, known)}"))
+    if training.label_smoothing and training.loss not in SMOOTHABLE_LOSSES:
+        problems.append(config.problem(("training", "label_smoothing"), "label smoothing "
+                                       f"works with the losses {', '.join(SMOOTHABLE_LOSSES)}"
+                                       f", not {training.loss!r}; set it to 0 or change "
+                                       "training.loss"))
     for i, name in enumerate(training.metrics):
         if not _is_metric(name):
             known = _keras_names(keras.metrics)

@@ -75,16 +75,18 @@ class Rescale(Strict):
 MAX_IMAGE_SIDE = 8192
 
 
+ResizeMethod = Literal["bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5",
+                       "gaussian", "mitchellcubic"]
+"""The methods ``tf.image.resize`` knows."""
+
+
 class Resize(Strict):
     """Resize every image to height x width (``tf.image.resize``; the methods it knows)."""
 
     type: Literal["resize"] = "resize"
     height: int = Field(gt=0, le=MAX_IMAGE_SIDE)
     width: int = Field(gt=0, le=MAX_IMAGE_SIDE)
-    method: Literal[
-        "bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian",
-        "mitchellcubic",
-    ] = "bilinear"
+    method: ResizeMethod = "bilinear"
 
 
 class Normalize(Strict):
@@ -104,6 +106,29 @@ class Normalize(Strict):
         return self
 
 
+class ResizeShorter(Strict):
+    """Resize keeping the aspect ratio, so that the shorter side is ``size`` pixels."""
+
+    type: Literal["resize_shorter"] = "resize_shorter"
+    size: int = Field(gt=0, le=MAX_IMAGE_SIDE)
+    method: ResizeMethod = "bilinear"
+
+
+class CenterCrop(Strict):
+    """The centre height x width window of each image.
+
+    With ``crop_fraction``, the centre window of that fraction of the shorter side (at
+    the target's aspect ratio), resized to height x width: the Larq zoo's and timm's
+    evaluation crop (0.875 = 224/256). JPEG files are then decoded only inside the window.
+    """
+
+    type: Literal["center_crop"] = "center_crop"
+    height: int = Field(gt=0, le=MAX_IMAGE_SIDE)
+    width: int = Field(gt=0, le=MAX_IMAGE_SIDE)
+    crop_fraction: float | None = Field(default=None, gt=0, le=1)
+    method: ResizeMethod = "bicubic"  # with crop_fraction
+
+
 class RandomFlip(Strict):
     type: Literal["random_flip"] = "random_flip"
     mode: Literal["horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
@@ -118,14 +143,90 @@ class RandomCrop(Strict):
     padding: int = Field(default=0, ge=0, le=MAX_IMAGE_SIDE)
 
 
-PreprocessStep = Annotated[Rescale | Resize | Normalize, Field(discriminator="type")]
-AugmentStep = Annotated[RandomFlip | RandomCrop, Field(discriminator="type")]
+class RandomResizedCrop(Strict):
+    """Inception-style crop: a random window covering ``area`` of the image at an aspect
+    ratio (width / height) in ``aspect``, log-uniform, resized to height x width.
+
+    TensorFlow's ``sample_distorted_bounding_box`` (10 attempts; if all fail, the centre
+    crop below) as the Larq zoo, ReActNet and BNext train. It must be the first
+    augmentation step: it runs on each decoded image before batching, and JPEG files are
+    decoded only inside the window. At evaluation it becomes its deterministic
+    counterpart, the centre ``eval_crop_fraction`` of the shorter side resized to
+    height x width (``center_crop`` with ``crop_fraction``).
+    """
+
+    type: Literal["random_resized_crop"] = "random_resized_crop"
+    height: int = Field(gt=0, le=MAX_IMAGE_SIDE)
+    width: int = Field(gt=0, le=MAX_IMAGE_SIDE)
+    area: tuple[float, float] = (0.08, 1.0)
+    aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    method: ResizeMethod = "bicubic"
+    eval_crop_fraction: float = Field(default=0.875, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> RandomResizedCrop:
+        if not 0 < self.area[0] <= self.area[1] <= 1:
+            raise ValueError(f"area must be [low, high] with 0 < low <= high <= 1, got "
+                             f"{list(self.area)}")
+        if not 0 < self.aspect[0] <= self.aspect[1]:
+            raise ValueError(f"aspect must be [low, high] with 0 < low <= high, got "
+                             f"{list(self.aspect)}")
+        return self
+
+
+class ColorJitter(Strict):
+    """Random brightness, contrast and saturation per image, in this order, on pixels
+    in [0, 1] (whatever the preprocessing maps them to), clipped to [0, 1] after each:
+    brightness adds a delta from [-brightness, brightness] (``tf.image``'s brightness);
+    contrast scales each channel's distance from its mean by a factor from
+    [1 - contrast, 1 + contrast] (``tf.image.adjust_contrast``); saturation blends with
+    the grey image by a factor from [1 - saturation, 1 + saturation] (PIL's and
+    torchvision's saturation; RGB only). 0 turns a part off."""
+
+    type: Literal["color_jitter"] = "color_jitter"
+    brightness: float = Field(default=0.0, ge=0, le=1)
+    contrast: float = Field(default=0.0, ge=0, le=1)
+    saturation: float = Field(default=0.0, ge=0, le=1)
+
+
+# AlexNet's PCA of ImageNet's RGB pixels (Krizhevsky et al. 2012, as fb.resnet.torch,
+# ReActNet and BNext use it), for pixels in [0, 1].
+IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009),
+                   (-0.5808, -0.0045, -0.8140),
+                   (-0.5836, -0.6948, 0.4203))
+
+
+class Lighting(Strict):
+    """AlexNet-style PCA lighting noise: each image gets ``eigvec @ (alpha * eigval)``
+    added to every pixel, with ``alpha ~ N(0, alphastd)`` per image and component, on
+    pixels in [0, 1] (whatever the preprocessing maps them to). RGB only."""
+
+    type: Literal["lighting"] = "lighting"
+    alphastd: float = Field(default=0.1, ge=0)
+    eigval: tuple[float, float, float] = IMAGENET_EIGVAL
+    eigvec: tuple[tuple[float, float, float], tuple[float, float, float],
+                  tuple[float, float, float]] = IMAGENET_EIGVEC
+
+
+PreprocessStep = Annotated[Rescale | Resize | Normalize | ResizeShorter | CenterCrop,
+                           Field(discriminator="type")]
+AugmentStep = Annotated[RandomFlip | RandomCrop | RandomResizedCrop | ColorJitter | Lighting,
+                        Field(discriminator="type")]
+GEOMETRY_STEPS = (Resize, ResizeShorter, CenterCrop, RandomCrop, RandomResizedCrop)
+"""The steps that set an image's height and width."""
+
+CACHE_BUDGET_MB = 2048
 
 
 class DataConfig(Strict):
     """Where the examples come from and how they are prepared."""
 
-    dataset: str = "sklearn_digits"  # TFDS name, optionally "name:version" ("mnist:3.0.1")
+    # A TFDS name, optionally "name:version" ("mnist:3.0.1"); or a folder: of images by
+    # class (train/<class>/*.jpg, ...; or <class>/*.png, one split named "train"), or a
+    # TFDS dataset directory prepared elsewhere (with dataset_info.json). A relative
+    # folder is relative to the config file's folder.
+    dataset: str = "sklearn_digits"
     data_dir: str | None = None  # TFDS data_dir; --data-dir wins; unset: $TFDS_DATA_DIR
     # TFDS splits, with slices. The validation split picks the best checkpoint, so by
     # default it is held out of the training data, never the test split.
@@ -137,9 +238,17 @@ class DataConfig(Strict):
     preprocessing: list[PreprocessStep] = Field(default_factory=lambda: [Rescale()])
     augmentation: list[AugmentStep] = Field(default_factory=list)  # training split only
     one_hot: bool = False  # one-hot labels (for categorical_crossentropy)
-    cache: bool = True
+    # auto: hold a split in memory when it fits cache_budget_mb (decoded; encoded files
+    # where a random_resized_crop decodes them anew each epoch), else read it each epoch.
+    cache: bool | Literal["auto"] = "auto"
+    cache_budget_mb: int = Field(default=CACHE_BUDGET_MB, ge=0)
     # 0 = no shuffling. Capped: tf.data segfaults on buffers of 2**31 and more.
     shuffle_buffer: int = Field(default=10_000, ge=0, le=10_000_000)
+    # Image files of a folder are untrusted: one that is not an image, is truncated, is
+    # in a format TensorFlow cannot decode, or claims more than max_pixels (PIL's
+    # default budget) is an error naming it, or with `skip`, left out and counted.
+    bad_images: Literal["error", "skip"] = "error"
+    max_pixels: int = Field(default=89_478_485, gt=0)
 
 
 # --- model section ---------------------------------------------------------------
@@ -210,6 +319,9 @@ class TrainingConfig(Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     learning_rate: Annotated[float, Field(gt=0)] | Schedule = 1e-3
     loss: str = "sparse_categorical_crossentropy"
+    # Targets (1 - s) for the class and s / classes spread over all (Szegedy et al. 2016);
+    # with the cross-entropy losses.
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     metrics: list[str] = Field(default_factory=lambda: ["accuracy"])
     monitor: str = "val_accuracy"  # the metric that picks the best checkpoint
     monitor_mode: Literal["auto", "min", "max"] = "auto"

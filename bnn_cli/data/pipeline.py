@@ -1,30 +1,39 @@
-"""The input pipeline: a TFDS split in, batches of ``(inputs, labels)`` out.
+"""The input pipeline: a split of a dataset in, batches of ``(inputs, labels)`` out.
 
-Every dataset comes from a TFDS data_dir and nothing is ever downloaded: a dataset that
-is not prepared there is a :class:`~bnn_cli.errors.UserError` that says how to provide
-it. The one exception is ``sklearn_digits`` (:mod:`bnn_cli.data.digits`), whose data ships
-with scikit-learn; it is prepared into the data_dir on first use.
+The dataset is opened by :mod:`bnn_cli.data.sources` (TFDS, a TFDS directory, or a
+folder of images). A split then goes through two stages per example and one per batch:
 
-A split goes through: decode -> preprocessing (cast to float32, then the configured
-rescale / resize / normalize steps) -> cache -> [training: shuffle] -> batch ->
-[training: augmentation, on whole batches] -> [one-hot labels] -> prefetch. Caching sits
-after the deterministic work and before the random work, so each epoch replays cached
-tensors and only shuffles and augments anew.
+1. *fixed*: read (a TFDS example; a folder's file) -> decode -> the preprocessing steps
+   (float32; rescale, resize, crops, normalize) -> [cache];
+2. *random*, training only, where the first augmentation step is a
+   ``random_resized_crop``: then stage 1 only reads (the cache holds encoded files), and
+   this stage decodes each file inside its random window (decode-and-crop), resizes
+   it and applies the preprocessing;
+3. [training: shuffle] -> batch -> [training: the other augmentation steps, on whole
+   batches] -> [one-hot labels] -> prefetch.
+
+Evaluation never runs stage 2: each random crop becomes its deterministic counterpart
+in stage 1 (``random_resized_crop``: the centre ``eval_crop_fraction`` of the shorter
+side; ``random_crop``: the centre window, as Keras's layers do at inference).
+
+Caching (``data.cache``, by default ``auto``) holds stage 1's output in memory when it
+fits ``cache_budget_mb``; every epoch then replays it and only shuffles and augments
+anew. A folder's files are shuffled as a list, a whole permutation per epoch; a TFDS
+split streams through the ``shuffle_buffer``.
 
 Training randomness is seeded: the same ``seed`` gives the same order and the same
-augmentations on every run (each epoch still differs from the one before); ``None``
-draws fresh randomness.
+augmentations on every run (each epoch still differs from the one before, and an epoch
+is drawn from ``(seed, epoch)`` alone, so a resumed run replays it); ``None`` draws
+fresh randomness.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
-import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 # TensorFlow must be loaded through bnn_cli._keras (legacy Keras, quiet C++ logs) before
@@ -34,68 +43,35 @@ from bnn_cli._keras import tf
 # isort: split
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core import naming
-from tensorflow_datasets.core.utils import file_utils
 
 from bnn_cli.config import schema
-from bnn_cli.data import digits
-from bnn_cli.errors import UserError, did_you_mean
+from bnn_cli.data import images
+from bnn_cli.data.sources import (
+    DataInfo,
+    DataKeyError,
+    DatasetNameError,
+    Source,
+    dataset_path,
+    open_source,
+    resolve_data_dir,
+)
+from bnn_cli.errors import UserError
+
+__all__ = ["DataInfo", "DataKeyError", "DatasetNameError", "dataset_info", "dataset_options",
+           "dataset_path", "epoch_seed", "load_split", "preprocess_images",
+           "resolve_data_dir", "split_examples", "training_epochs"]
 
 AUTOTUNE = tf.data.AUTOTUNE
-EMBEDDED_DATASETS = frozenset({digits.NAME})
-"""Datasets whose data ships with a Python package: prepared on first use, offline."""
-
+MB = 2**20
 Image = tf.Tensor
-Example = dict[str, tf.Tensor]
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What a model builder and a training loop need to know about a dataset."""
-
-    full_name: str  # TFDS name/[config/]version actually opened, e.g. "mnist/3.0.1"
-    prepared_dir: str  # the folder the examples are read from
-    num_classes: int | None  # None when the label is not a ClassLabel
-    class_names: tuple[str, ...] | None
-    input_shape: tuple[int | None, ...]  # one example as the model sees it
-    split_sizes: dict[str, int]  # the dataset's own splits, e.g. {"train": 60000, ...}
-    _splits: Any = field(repr=False, compare=False)  # TFDS SplitDict, for slices
-
-    def num_examples(self, split: str) -> int:
-        """Examples in ``split``, slices included (``"train[:90%]"``)."""
-        return _split_size(self._splits, split, self.full_name)
-
-    def steps_per_epoch(self, split: str, batch_size: int) -> int:
-        """Batches in one pass over ``split`` (the last batch may be smaller)."""
-        return math.ceil(self.num_examples(split) / batch_size)
-
-
-def resolve_data_dir(config_dir: str | None, cli_dir: str | None) -> str | None:
-    """The TFDS data_dir to use: ``--data-dir`` > config ``data_dir`` > ``$TFDS_DATA_DIR``.
-
-    ``None`` means TFDS's own default (``~/tensorflow_datasets``).
-    """
-    for candidate in (cli_dir, config_dir, os.environ.get("TFDS_DATA_DIR")):
-        if candidate:  # An empty value (e.g. ``TFDS_DATA_DIR=``) counts as unset.
-            return os.path.expanduser(candidate)
-    return None
+Pair = tuple[tf.Tensor, tf.Tensor]
 
 
 def dataset_info(data: schema.DataConfig, data_dir: str | None) -> DataInfo:
-    """Classes, input shape and split sizes of ``data.dataset`` (prepares embedded ones)."""
-    builder = _open_builder(data, data_dir)
-    info = builder.info
-    label = info.features[data.label_key]
-    names = getattr(label, "names", None)
-    return DataInfo(
-        full_name=info.full_name,
-        prepared_dir=os.fspath(builder.data_dir),
-        num_classes=getattr(label, "num_classes", None),
-        class_names=tuple(names) if names else None,
-        input_shape=_model_input_shape(info.features[data.input_key].shape, data),
-        split_sizes={name: split.num_examples for name, split in info.splits.items()},
-        _splits=info.splits,
-    )
+    """The dataset's classes and splits, with the input shape the model sees: what the
+    preprocessing makes of its images. The data section's steps are checked here."""
+    info = open_source(data, data_dir).info
+    return dataclasses.replace(info, input_shape=_model_input_shape(info, data))
 
 
 def load_split(
@@ -109,8 +85,8 @@ def load_split(
 ) -> tf.data.Dataset:
     """Batches of ``(inputs, labels)`` from ``split``, shuffled and augmented if ``training``.
 
-    The decoded, preprocessed examples are read once per process and cached; each call
-    only adds the shuffle/batch/augment stages for its ``seed``.
+    The fixed stage is built (and cached) once per process; each call only adds the
+    seeded stages for its ``seed``.
     """
     batches = _batches_for_seed(data, split, training=training, batch_size=batch_size,
                                 data_dir=data_dir)
@@ -168,56 +144,25 @@ def training_epochs(
     return _finished(epochs.flat_map(lambda e: batches(epoch_seed(seed, e)).take(steps)))
 
 
-def _batches_for_seed(
-    data: schema.DataConfig, split: str, *, training: bool, batch_size: int,
-    data_dir: str | None,
-) -> Callable[[Any], tf.data.Dataset]:
-    """``seed -> batches`` of one pass over ``split``. The Python work (opening the
-    builder, reading the cache) happens here, once; the function only adds the seeded
-    stages, so it also runs in-graph with a tensor seed."""
-    builder = _open_builder(data, data_dir)
-    depth = _one_hot_depth(builder, data)
-    arrays = _in_memory(builder, data, split, training)
-    partial = training and 0 < data.shuffle_buffer < (0 if arrays is None else len(arrays[1]))
-    examples = None if arrays is not None and not partial else \
-        _examples(builder, data, split, training)
-
-    def batches(seed: Any) -> tf.data.Dataset:
-        if examples is None:
-            # Whole batches gathered from one tensor: no per-example work at all.
-            ds = _batches_of(arrays, batch_size,
-                             shuffle=training and data.shuffle_buffer > 0, seed=seed)
-        else:
-            ds = examples
-            if training and data.shuffle_buffer:
-                ds = ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-            ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
-        if training and data.augmentation:
-            ds = _augment(ds, data, seed)
-        if depth is not None:
-            ds = ds.map(lambda x, y: (x, tf.one_hot(y, depth)), num_parallel_calls=AUTOTUNE)
-        return ds
-
-    return batches
-
-
-def _finished(ds: tf.data.Dataset) -> tf.data.Dataset:
-    return ds.prefetch(AUTOTUNE).with_options(dataset_options())
+def preprocess_images(data: schema.DataConfig, images_: Any) -> tf.Tensor:
+    """A batch of raw images (as the dataset stores them: its dtype, value range and
+    shape) -> model inputs, preprocessed exactly as evaluation preprocesses a split."""
+    fixed = _Steps(data, training=False, channels=None).fixed
+    # Mapped one example at a time, as the split pipeline maps them.
+    return tf.map_fn(fixed, tf.convert_to_tensor(images_), fn_output_signature=tf.float32)
 
 
 def dataset_options() -> tf.data.Options:
     """How a strategy shards the input pipeline across workers.
 
-    ``DATA``, deliberately: every worker builds the same pipeline (the split read from
-    its TFDS files into an in-memory cache in file order, the same seeded shuffle), and
-    each global batch is then divided among the workers. So a step sees exactly the
-    global batch that a one-process run sees, and the results agree; a resumed worker
-    replays the same batches. ``FILE`` sharding would give each worker other files:
-    other cached examples and another shuffle than one process, and an error for the
-    single-file splits of small datasets (fewer files than workers). Its saving, not
-    reading each file on every worker, matters only for datasets too large to cache in
-    memory, which this pipeline does not support anyway. Without a multi-worker strategy
-    the option does nothing (one worker holds every shard).
+    ``DATA``, deliberately: every worker builds the same pipeline (the same examples in
+    the same order, the same seeded shuffle), and each global batch is then divided
+    among the workers. So a step sees exactly the global batch that a one-process run
+    sees, and the results agree; a resumed worker replays the same batches. The price is
+    that every worker reads (and, where nothing is cached, decodes) every example.
+    ``FILE`` sharding would give each worker other files: other examples and another
+    shuffle than one process, and an error for single-file splits (fewer files than
+    workers). Without a multi-worker strategy the option does nothing.
     """
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = \
@@ -225,85 +170,451 @@ def dataset_options() -> tf.data.Options:
     return options
 
 
-_EXAMPLES: dict[tuple, tf.data.Dataset] = {}
+def _finished(ds: tf.data.Dataset) -> tf.data.Dataset:
+    return ds.prefetch(AUTOTUNE).with_options(dataset_options())
 
 
-def _cache_key(builder: tfds.core.DatasetBuilder, data: schema.DataConfig, split: str,
-               training: bool) -> tuple:
-    return (builder.info.full_name, str(builder.data_dir), split, training,
-            data.model_dump_json(include={"input_key", "label_key", "preprocessing",
-                                          "augmentation", "cache"}))
+# --- the steps: what runs per example, in which stage ---------------------------------
 
 
-def _examples(builder: tfds.core.DatasetBuilder, data: schema.DataConfig, split: str,
-              training: bool) -> tf.data.Dataset:
-    """Decoded, preprocessed (unbatched) examples of a split, cached; memoized per process.
+class _Steps:
+    """The data section's steps as the two per-example functions of the pipeline.
 
-    Files are read in their stored order (not shuffled): the cache's content, and so
+    ``fixed(raw) -> image`` (stage 1) and, where training starts with a random-resized
+    crop, ``random(raw, seed) -> image`` (stage 2; else ``None``), plus the batched
+    augmentation ``augment(batch, seed)``. ``raw`` is an encoded image file where
+    ``channels`` is given (decoded here, only inside the crop window where the first
+    geometric step crops), else an already decoded image.
+    """
+
+    def __init__(self, data: schema.DataConfig, *, training: bool, channels: int | None):
+        self.data, self.training, self.channels = data, training, channels
+        steps = list(data.augmentation) if training else []
+        crop = steps[0] if steps and isinstance(steps[0], schema.RandomResizedCrop) else None
+        self.crop = crop
+        self.batched = steps[1:] if crop else steps
+        self.geometry: list[Any] = list(data.preprocessing)
+        if not training:  # each random crop's deterministic counterpart
+            self.geometry = [*(_counterpart(s) for s in data.augmentation
+                               if isinstance(s, schema.RandomResizedCrop)),
+                             *self.geometry,
+                             *(_counterpart(s) for s in data.augmentation
+                               if isinstance(s, schema.RandomCrop))]
+
+    @property
+    def random(self) -> Callable[[Any, tf.Tensor], Image] | None:
+        if self.crop is None:
+            return None
+        crop, pointwise = self.crop, [_step_fn(s) for s in self.geometry]
+
+        def random(raw: Any, seed: tf.Tensor) -> Image:
+            window = images.random_resized_window(crop, seed)
+            image = images.decode_window(raw, self.channels, window) \
+                if self.channels is not None else images.crop(raw, window)
+            x = images.resize(image, crop.height, crop.width, crop.method)
+            for step in pointwise:
+                x = step(x)
+            return x
+
+        return random
+
+    def fixed(self, raw: Any) -> Any:
+        """Stage 1: decoded and preprocessed; with a random crop to come, raw as read."""
+        if self.crop is not None:
+            return raw
+        steps = list(self.geometry)
+        if self.channels is None:
+            image = raw
+        elif steps and isinstance(steps[0], schema.CenterCrop) and steps[0].crop_fraction:
+            first = steps.pop(0)  # decode only its window
+            window = images.center_window(first.height, first.width, first.crop_fraction)
+            image = images.decode_window(raw, self.channels, window)
+            image = images.resize(image, first.height, first.width, first.method)
+        else:
+            image = images.decode(raw, self.channels)
+        x = tf.cast(image, tf.float32)
+        for step in steps:
+            x = _step_fn(step)(x)
+        return x
+
+    def augment(self, fill: Image) -> Callable[[Image, tf.Tensor], Image] | None:
+        """The batched augmentation steps as one function of (batch, seed [2])."""
+        if not self.batched:
+            return None
+        to_unit, from_unit = _unit_scale(self.data)
+        steps = [_augment_fn(s, fill, to_unit, from_unit) for s in self.batched]
+
+        def augment(x: Image, seed: tf.Tensor) -> Image:
+            step_seeds = tf.random.experimental.stateless_split(seed, num=len(steps))
+            for i, step in enumerate(steps):
+                x = step(x, step_seeds[i])
+            return x
+
+        return augment
+
+
+def _counterpart(step: schema.RandomResizedCrop | schema.RandomCrop) -> Any:
+    if isinstance(step, schema.RandomResizedCrop):
+        return schema.CenterCrop(height=step.height, width=step.width,
+                                 crop_fraction=step.eval_crop_fraction, method=step.method)
+    return schema.CenterCrop(height=step.height, width=step.width)
+
+
+def _step_fn(step: Any) -> Callable[[Image], Image]:
+    """One deterministic step as a function on a float32 image."""
+    if isinstance(step, schema.Rescale):
+        low, high = step.range
+        # Divide first: max_value / max_value is exactly 1.0, so the ends of the range
+        # come out exact (e.g. exactly -1 and 1); a fused scale factor can miss by an ulp.
+        return lambda x: x / step.max_value * (high - low) + low
+    if isinstance(step, schema.Resize):
+        return lambda x: images.resize(x, step.height, step.width, step.method)
+    if isinstance(step, schema.ResizeShorter):
+        return lambda x: images.resize_shorter(x, step.size, step.method)
+    if isinstance(step, schema.CenterCrop):
+        return lambda x: images.center_crop(x, step)
+    mean = tf.constant(step.mean, tf.float32)
+    std = tf.constant(step.std, tf.float32)
+    return lambda x: (x - mean) / std
+
+
+def _pointwise(data: schema.DataConfig) -> Callable[[Image], Image]:
+    """The preprocessing's per-pixel steps (rescale, normalize) alone."""
+    steps = [_step_fn(s) for s in data.preprocessing
+             if isinstance(s, schema.Rescale | schema.Normalize)]
+
+    def apply(x: Image) -> Image:
+        for step in steps:
+            x = step(x)
+        return x
+
+    return apply
+
+
+def _unit_scale(data: schema.DataConfig) -> tuple[Callable[[Image], Image],
+                                                   Callable[[Image], Image]]:
+    """Maps between preprocessed pixels and [0, 1] (0: black, 1: white), per channel:
+    colour augmentations are defined on [0, 1] whatever the preprocessing. The
+    preprocessing's per-pixel steps are affine, so two pixels pin the map down."""
+    pointwise = _pointwise(data)
+    white = float(next((s.max_value for s in data.preprocessing
+                        if isinstance(s, schema.Rescale)), 255.0))
+    black_px = pointwise(tf.zeros([1, 1, 1], tf.float32))
+    span = pointwise(tf.fill([1, 1, 1], white)) - black_px
+    return (lambda x: (x - black_px) / span), (lambda u: u * span + black_px)
+
+
+def _fill_value(data: schema.DataConfig, channels: Any) -> Image:
+    """What a black (0) pixel becomes after preprocessing: the value crops pad with.
+
+    Padding the preprocessed image with this matches the usual recipe of padding the raw
+    image with black (e.g. -1 after a [-1, 1] rescale, not the 0 of mid-grey).
+    """
+    return _pointwise(data)(tf.zeros([1, 1, channels], tf.float32))
+
+
+def _augment_fn(step: Any, fill: Image, to_unit: Callable, from_unit: Callable
+                ) -> Callable[[Image, tf.Tensor], Image]:
+    if isinstance(step, schema.RandomFlip):
+        return lambda x, seed: images.random_flip(x, step.mode, seed)
+    if isinstance(step, schema.RandomCrop):
+        return lambda x, seed: images.random_crop(x, step, fill, seed)
+    colour = images.color_jitter if isinstance(step, schema.ColorJitter) else images.lighting
+    return lambda x, seed: from_unit(colour(to_unit(x), step, seed))
+
+
+def _model_input_shape(info: DataInfo, data: schema.DataConfig) -> tuple[int | None, ...]:
+    """The shape of one preprocessed example, with the steps checked against the
+    images: crops fit, sizes fixed before batching, colour steps on RGB."""
+    shape = tuple(info.input_shape)
+    steps = [(("preprocessing", i), s) for i, s in enumerate(data.preprocessing)] + \
+            [(("augmentation", i), s) for i, s in enumerate(data.augmentation)]
+    _check_order(data)
+    for path, step in steps:
+        if isinstance(step, schema.Normalize | schema.Rescale | schema.RandomFlip):
+            continue
+        if len(shape) != 3:
+            raise DataKeyError(f"{step.type} needs images of shape (height, width, "
+                               f"channels), but {data.input_key!r} has shape {shape}", path)
+        if isinstance(step, schema.ColorJitter | schema.Lighting) and shape[2] != 3 and \
+                (isinstance(step, schema.Lighting) or step.saturation):
+            raise DataKeyError(f"{step.type} needs RGB images, but {data.input_key!r} has "
+                               f"{shape[2]} channel(s)", path)
+        if isinstance(step, schema.RandomCrop):
+            _check_crop_fits(step, shape, data.input_key, path)
+        if isinstance(step, schema.ResizeShorter):
+            square = shape[0] is not None and shape[0] == shape[1]
+            shape = (step.size, step.size, shape[2]) if square else (None, None, shape[2])
+        elif not isinstance(step, schema.ColorJitter | schema.Lighting):
+            shape = (step.height, step.width, shape[2])
+    if info.kind == "image_folder" and None in shape[:2]:
+        sizes = ", ".join(f"{h}x{w}" for h, w in info.image_sizes)
+        raise DataKeyError(f"the images of {info.full_name} differ in size ({sizes}, ...) "
+                           "and no step makes them one size: add a resize, center_crop or "
+                           "random_resized_crop step", ("preprocessing",))
+    return shape
+
+
+def _check_order(data: schema.DataConfig) -> None:
+    """A random-resized crop crops the decoded image: it comes first, with no other
+    step that sets the size before it."""
+    for i, step in enumerate(data.augmentation):
+        if isinstance(step, schema.RandomResizedCrop) and i > 0:
+            raise DataKeyError("random_resized_crop must be the first augmentation step: "
+                               "it crops each decoded image before batching", ("augmentation", i))
+    if data.augmentation and isinstance(data.augmentation[0], schema.RandomResizedCrop):
+        for i, step in enumerate(data.preprocessing):
+            if isinstance(step, schema.GEOMETRY_STEPS):
+                raise DataKeyError(
+                    f"{step.type} in preprocessing would run before random_resized_crop in "
+                    "training; the crop sets the size itself (and evaluation uses its "
+                    "eval_crop_fraction): remove this step", ("preprocessing", i))
+
+
+def _check_crop_fits(step: schema.RandomCrop, shape: tuple[int | None, ...], key: str,
+                     path: tuple) -> None:
+    """A random crop must fit inside the (padded) image; TF would fail mid-epoch."""
+    pad = 2 * step.padding
+    pairs = ((step.height, shape[0]), (step.width, shape[1]))
+    if any(dim is not None and size > dim + pad for size, dim in pairs):
+        raise DataKeyError(
+            f"random_crop of {step.height}x{step.width} does not fit the {key!r} images "
+            f"of {shape[0]}x{shape[1]} padded by {step.padding}; make the crop smaller "
+            "or the padding larger", path)
+
+
+def _one_hot_depth(info: DataInfo, data: schema.DataConfig) -> int | None:
+    if not data.one_hot:
+        return None
+    if info.num_classes is None:
+        raise UserError(
+            f"one_hot needs a class label, but {data.label_key!r} of dataset "
+            f"{info.full_name!r} is not a ClassLabel feature"
+        )
+    return info.num_classes
+
+
+# --- the split: read, fixed stage, cache; then per seed: order, random stage, batches --
+
+
+@dataclass
+class _Split:
+    """A split's fixed stage, built once per process: either in memory as two tensors
+    (``items``: preprocessed images, or encoded files where a random crop comes next),
+    or a folder's file paths (read anew each epoch), or a TFDS stream (maybe cached)."""
+
+    count: int
+    items: tf.Tensor | None = None  # with labels: in-memory examples or file paths
+    labels: tf.Tensor | None = None
+    paths: bool = False  # items are file paths: read them, then run the fixed stage
+    stream: tf.data.Dataset | None = None  # else
+
+
+def _batches_for_seed(
+    data: schema.DataConfig, split: str, *, training: bool, batch_size: int,
+    data_dir: str | None,
+) -> Callable[[Any], tf.data.Dataset]:
+    """``seed -> batches`` of one pass over ``split``. The Python work (opening the
+    source, filling the cache) happens here, once; the function only adds the seeded
+    stages, so it also runs in-graph with a tensor seed."""
+    source = open_source(data, data_dir)
+    info = dataset_info(data, data_dir)  # (checks the steps against the images)
+    steps = _Steps(data, training=training, channels=_channels(source, data))
+    depth = _one_hot_depth(info, data)
+    held = _split(source, data, split, steps)
+    random, augment = steps.random, steps.augment(_fill_value(data, info.input_shape[-1]))
+    shuffle = training and data.shuffle_buffer > 0
+    # A shuffle buffer smaller than a TFDS split is honoured as such (a stream through
+    # it); otherwise the whole split is permuted, as Keras shuffles arrays.
+    stream = held.stream
+    if stream is None and not held.paths and shuffle and data.shuffle_buffer < held.count:
+        stream = tf.data.Dataset.from_tensor_slices((held.items, held.labels))
+
+    def examples(seed: Any) -> tf.data.Dataset:
+        if stream is not None:
+            return stream.shuffle(data.shuffle_buffer, seed=seed,
+                                  reshuffle_each_iteration=True) if shuffle else stream
+        ds = _examples_of((held.items, held.labels), shuffle=shuffle, seed=seed)
+        if held.paths:
+            ds = ds.map(lambda p, y: (steps.fixed(tf.io.read_file(p)), y),
+                        num_parallel_calls=AUTOTUNE)
+        return ds
+
+    def batches(seed: Any) -> tf.data.Dataset:
+        if stream is None and random is None and not held.paths:
+            # Whole batches gathered from one tensor: no per-example work at all.
+            ds = _batches_of((held.items, held.labels), batch_size, shuffle=shuffle,
+                             seed=seed)
+        else:
+            ds = examples(seed)
+            if random is not None:
+                ds = _with_seeds(ds, seed, offset=2).map(
+                    lambda xy, s: (random(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE)
+            ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
+        if augment is not None:
+            ds = _with_seeds(ds, seed, offset=1).map(
+                lambda xy, s: (augment(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE)
+        if depth is not None:
+            ds = ds.map(lambda x, y: (x, tf.one_hot(y, depth)), num_parallel_calls=AUTOTUNE)
+        return ds
+
+    return batches
+
+
+def _with_seeds(ds: tf.data.Dataset, seed: Any, offset: int) -> tf.data.Dataset:
+    """Each element paired with its own stateless seed [2], from a stream seeded with
+    ``seed + offset``: reproducible under parallel maps, yet new every epoch. The offset
+    keeps the streams of the shuffle, the augmentation and the crops apart."""
+    seeds = tf.data.Dataset.random(
+        seed=None if seed is None else seed + offset, rerandomize_each_iteration=True
+    ).batch(2)
+    return tf.data.Dataset.zip((ds, seeds))
+
+
+def _channels(source: Source, data: schema.DataConfig) -> int | None:
+    """How many channels to decode encoded images to; None where the source decodes."""
+    if source.folder is not None:
+        return source.info.input_shape[-1]
+    if _decodes_itself(source, data):
+        return None
+    return source.builder.info.features[data.input_key].shape[-1] or 3
+
+
+def _decodes_itself(source: Source, data: schema.DataConfig) -> bool:
+    """Whether TFDS decodes the images (as it does unless a crop pays for doing it here:
+    a random-resized crop, or a centre crop by fraction)."""
+    feature = source.builder.info.features[data.input_key]
+    if not isinstance(feature, tfds.features.Image):
+        return True
+    first = _Steps(data, training=False, channels=None).geometry[:1]
+    crops = any(isinstance(s, schema.RandomResizedCrop) for s in data.augmentation) or \
+        bool(first and isinstance(first[0], schema.CenterCrop) and first[0].crop_fraction)
+    return not crops
+
+
+_SPLITS: dict[tuple, _Split] = {}
+
+
+def _split(source: Source, data: schema.DataConfig, split: str, steps: _Steps) -> _Split:
+    """The split's fixed stage (memoized per process): cached in memory where
+    ``data.cache`` says so, as two tensors where its examples share a shape."""
+    key = (id(source), split, steps.training, steps.channels,
+           data.model_dump_json(include={"preprocessing", "augmentation", "cache",
+                                         "cache_budget_mb"}))
+    if key not in _SPLITS:
+        count = source.info.num_examples(split)
+        cache = _cache_decision(source, data, split, steps, count)
+        if source.folder is not None and not cache:
+            files = source.files(split)
+            _SPLITS[key] = _Split(count, tf.constant([f.path for f in files]),
+                                  tf.constant([f.label for f in files], tf.int64), paths=True)
+        else:
+            ds = _stored(source, data, split, steps)
+            _SPLITS[key] = _held(ds, count, cache, f"{source.info.full_name} {split}")
+    return _SPLITS[key]
+
+
+def _stored(source: Source, data: schema.DataConfig, split: str,
+            steps: _Steps) -> tf.data.Dataset:
+    """The split's examples after the fixed stage, in stored order.
+
+    Files are read in their stored order (not shuffled): a cache's content, and so
     every later seeded shuffle, must not depend on which epoch first filled it.
     """
-    key = _cache_key(builder, data, split, training)
-    if key not in _EXAMPLES:
-        _split_size(builder.info.splits, split, builder.info.full_name)
-        _model_input_shape(builder.info.features[data.input_key].shape, data)  # crops fit
-        ds = builder.as_dataset(
-            split=split,
-            shuffle_files=False,
-            # Our own cache sits after preprocessing; TFDS's would hold raw copies.
+    if source.folder is not None:
+        files = source.files(split)
+        pairs = tf.data.Dataset.from_tensor_slices(
+            ([f.path for f in files], tf.constant([f.label for f in files], tf.int64)))
+        pairs = pairs.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=AUTOTUNE)
+    else:
+        decoders = None if steps.channels is None else \
+            {data.input_key: tfds.decode.SkipDecoding()}
+        pairs = source.builder.as_dataset(
+            split=split, shuffle_files=False, decoders=decoders,
+            # Our own cache sits after the fixed stage; TFDS's would hold raw copies.
             read_config=tfds.ReadConfig(try_autocache=False),
-        )
-        ds = ds.map(_example_fn(data, training), num_parallel_calls=AUTOTUNE)
-        if data.cache:
-            ds = ds.cache()
-            _fill(ds, f"{builder.info.full_name} {split}")
-        _EXAMPLES[key] = ds
-    return _EXAMPLES[key]
+        ).map(lambda ex: (ex[data.input_key], ex[data.label_key]))
+    return pairs.map(lambda x, y: (steps.fixed(x), y), num_parallel_calls=AUTOTUNE)
 
 
-_ARRAYS: dict[tuple, tuple[tf.Tensor, tf.Tensor] | None] = {}
-
-IN_MEMORY_BYTES = 2**31
-"""The largest cached split held as one tensor (MNIST's training images take 188 MB)."""
-
-
-def _in_memory(builder: tfds.core.DatasetBuilder, data: schema.DataConfig, split: str,
-               training: bool) -> tuple[tf.Tensor, tf.Tensor] | None:
-    """A cached split's preprocessed examples as two tensors (inputs, labels), or None
-    where the split is not cached, its examples differ in shape, or it is too large."""
-    if not data.cache:
-        return None
-    ds = _examples(builder, data, split, training)
-    key = _cache_key(builder, data, split, training)
-    if key not in _ARRAYS:
-        spec = ds.element_spec[0]
-        count = _split_size(builder.info.splits, split, builder.info.full_name)
-        if not spec.shape.is_fully_defined() or \
-                count * spec.shape.num_elements() * spec.dtype.size > IN_MEMORY_BYTES:
-            _ARRAYS[key] = None
-        else:
-            _ARRAYS[key] = next(iter(ds.batch(max(count, 1))))
-    return _ARRAYS[key]
+def _held(ds: tf.data.Dataset, count: int, cache: bool, what: str) -> _Split:
+    """The fixed stage as held between epochs: two tensors where it is cached and its
+    examples share a shape (and fit in one tensor), else a (cached) stream."""
+    if not cache:
+        return _Split(count, stream=ds)
+    spec = ds.element_spec[0]
+    if spec.shape.is_fully_defined():
+        sys.stderr.write(f"reading {what} into memory...\n")
+        items, labels = next(iter(ds.batch(max(count, 1))))
+        return _Split(count, items, labels)
+    ds = ds.cache()
+    _fill(ds, what)
+    return _Split(count, stream=ds)
 
 
-def _batches_of(arrays: tuple[tf.Tensor, tf.Tensor], batch_size: int, *, shuffle: bool,
-                seed: int | None) -> tf.data.Dataset:
+def _cache_decision(source: Source, data: schema.DataConfig, split: str, steps: _Steps,
+                    count: int) -> bool:
+    """``data.cache``; for ``auto``, whether the fixed stage's output fits the budget
+    (decoded images; encoded files where a random crop decodes them each epoch)."""
+    if data.cache != "auto":
+        return bool(data.cache)
+    size = _held_bytes(source, data, split, steps, count)
+    budget = data.cache_budget_mb * MB
+    if size is not None and size <= budget:
+        return True
+    held = "of unknown size" if size is None else f"{size / MB:,.0f} MB"
+    sys.stderr.write(f"not caching {source.info.full_name} {split}: {held}, over "
+                     f"data.cache_budget_mb ({data.cache_budget_mb:,} MB); it is read "
+                     "anew every epoch\n")
+    return False
+
+
+def _held_bytes(source: Source, data: schema.DataConfig, split: str, steps: _Steps,
+                count: int) -> int | None:
+    """What the fixed stage of ``split`` takes in memory, or None where unknown."""
+    if steps.crop is None:
+        shape = _model_input_shape(source.info, data)
+        if None in shape:
+            return None
+        return count * math.prod(shape) * 4  # float32
+    if source.folder is not None:
+        return sum(f.bytes for f in source.files(split))
+    splits = source.builder.info.splits
+    return sum(splits[name].num_bytes * (stop - start) // max(splits[name].num_examples, 1)
+               for name, start, stop in source.info.ranges(split)) or None
+
+
+def _examples_of(arrays: Pair, *, shuffle: bool, seed: Any) -> tf.data.Dataset:
+    """Single examples of ``arrays`` in their order, or in the order of one seeded
+    permutation per pass (as :func:`_batches_of`)."""
+    items, labels = arrays
+    return _order(tf.shape(labels, out_type=tf.int64)[0], shuffle, seed).map(
+        lambda i: (tf.gather(items, i), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE)
+
+
+def _order(count: tf.Tensor, shuffle: bool, seed: Any) -> tf.data.Dataset:
+    """The indices 0..count-1, or a permutation of them drawn from ``seed``: the same
+    permutation for the same seed, a new one on each further pass over the dataset."""
+    if not shuffle:
+        return tf.data.Dataset.range(count)
+
+    def permutation(draw: tf.Tensor) -> tf.data.Dataset:
+        pair = tf.stack([draw, tf.constant(0, tf.int64)])
+        return tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(tf.range(count), seed=pair))
+
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True) \
+        .take(1).flat_map(permutation)
+
+
+def _batches_of(arrays: Pair, batch_size: int, *, shuffle: bool, seed: Any
+                ) -> tf.data.Dataset:
     """Batches of ``arrays`` in their order, or shuffled as Keras shuffles NumPy arrays:
-    one permutation of the indices per pass, each batch one gather. The permutation of
-    each pass is drawn from ``seed`` (a resumed epoch gets the same order), and is new
-    on each further pass over the dataset, like ``shuffle(reshuffle_each_iteration)``."""
-    images, labels = arrays
-    count = tf.shape(labels, out_type=tf.int64)[0]
-    order = tf.data.Dataset.range(count)
-    if shuffle:
-        def permutation(draw: tf.Tensor) -> tf.data.Dataset:
-            pair = tf.stack([draw, tf.constant(0, tf.int64)])
-            return tf.data.Dataset.from_tensor_slices(
-                tf.random.experimental.stateless_shuffle(tf.range(count), seed=pair))
-
-        order = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True) \
-            .take(1).flat_map(permutation)
+    one permutation of the indices per pass, each batch one gather."""
+    images_, labels = arrays
+    order = _order(tf.shape(labels, out_type=tf.int64)[0], shuffle, seed)
     return order.batch(batch_size).map(
-        lambda i: (tf.gather(images, i), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE)
+        lambda i: (tf.gather(images_, i), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE)
 
 
 def _fill(cached: tf.data.Dataset, what: str) -> None:
@@ -315,345 +626,3 @@ def _fill(cached: tf.data.Dataset, what: str) -> None:
     sys.stderr.write(f"reading {what} into memory...\n")
     for _ in cached.batch(4096).prefetch(AUTOTUNE):
         pass
-
-
-# --- opening a dataset, and the errors a user can act on -----------------------------
-
-
-def _open_builder(data: schema.DataConfig, data_dir: str | None) -> tfds.core.DatasetBuilder:
-    """The prepared TFDS builder for ``data.dataset``, or a UserError saying why not."""
-    name = _parse_name(data.dataset)
-    try:
-        builder = tfds.builder(data.dataset, data_dir=data_dir)
-    except tfds.core.DatasetNotFoundError:
-        raise _unknown_dataset(data.dataset, name, data_dir) from None
-    except (AssertionError, ValueError) as err:  # TFDS's way to reject a version/config
-        raise UserError(
-            f"cannot open dataset {data.dataset!r}: {_first_line(err)}"
-            f"{_versions_hint(name, data_dir)}"
-        ) from None
-    if not builder.is_prepared() and name in EMBEDDED_DATASETS:
-        _prepare_embedded(builder, data_dir)
-    if not builder.is_prepared():
-        raise _not_prepared(data.dataset, builder, data_dir)
-    _check_keys(builder, data)
-    return builder
-
-
-def _parse_name(dataset: str) -> str:
-    """The bare builder name of ``"mnist:3.0.1"`` (``"mnist"``), refusing remote namespaces."""
-    try:
-        name, _ = naming.parse_builder_name_kwargs(dataset)
-    except ValueError as err:
-        raise DatasetNameError(f"invalid dataset name {dataset!r}: {_first_line(err)}") \
-            from None
-    if name.namespace:
-        # Namespaced datasets (huggingface:, kaggle:, community) are fetched from the
-        # network by TFDS, which this tool never does.
-        raise DatasetNameError(
-            f"dataset {dataset!r} names the remote namespace {name.namespace!r}; only "
-            "datasets prepared in a local TFDS data_dir are supported (write versions "
-            "as 'name:1.2.3', e.g. 'mnist:3.0.1')"
-        )
-    return name.name
-
-
-def _prepare_embedded(builder: tfds.core.DatasetBuilder, data_dir: str | None) -> None:
-    """Write an embedded dataset into the data_dir; it reads local files, never the network."""
-    config = tfds.download.DownloadConfig(try_download_gcs=False)
-    try:
-        # TFDS prints its progress to stdout; keep stdout for results (`--json`).
-        with contextlib.redirect_stdout(sys.stderr):
-            builder.download_and_prepare(download_config=config)
-    except OSError as err:
-        raise UserError(
-            f"could not prepare dataset {builder.name!r} into {_where(data_dir)}: {err}; "
-            "point `data_dir` (config), `--data-dir` or $TFDS_DATA_DIR at a writable folder"
-        ) from None
-
-
-class DatasetNameError(UserError):
-    """``data.dataset`` names nothing TFDS can open here: a mistake in the config, which
-    the config check reports at the key (file:line), as it reports its other keys."""
-
-    key = "dataset"
-
-
-def _unknown_dataset(dataset: str, name: str, data_dir: str | None) -> UserError:
-    known = tfds.list_builders(with_community_datasets=False)
-    return DatasetNameError(
-        f"unknown dataset {dataset!r}{did_you_mean(name, known)} (TFDS has no builder of "
-        f"that name, and no prepared copy was found in {_where(data_dir)})"
-    )
-
-
-def _not_prepared(
-    dataset: str, builder: tfds.core.DatasetBuilder, data_dir: str | None
-) -> UserError:
-    return UserError(
-        f"dataset {builder.name!r} version {builder.version} (from {dataset!r}) is not "
-        f"prepared in the TFDS data_dir {_where(data_dir)}, and this tool never downloads. "
-        f"To provide it, run `tfds build {builder.name}` (or `tfds.load({builder.name!r})`) "
-        "on a machine with internet access, copy the resulting data_dir folder to this "
-        "machine, and point `data_dir` in the config, `--data-dir` or $TFDS_DATA_DIR at it"
-        f"{_versions_hint(builder.name, data_dir)}."
-    )
-
-
-def _where(data_dir: str | None) -> str:
-    """The data_dir(s) TFDS searches, for messages."""
-    dirs = [os.fspath(d) for d in file_utils.list_data_dirs(data_dir)]
-    return ", ".join(dirs) if data_dir else f"{', '.join(dirs)} (the TFDS default)"
-
-
-def _versions_hint(name: str, data_dir: str | None) -> str:
-    """``"; versions found there: 3.0.0 (select one as 'mnist:3.0.0')"`` or ``""``."""
-    found = sorted(
-        {
-            entry.name
-            for root in file_utils.list_data_dirs(data_dir)
-            if (Path(root) / name).is_dir()
-            for entry in (Path(root) / name).iterdir()
-            if tfds.core.Version.is_valid(entry.name)
-        }
-    )
-    if not found:
-        return ""
-    return f"; versions found there: {', '.join(found)} (select one as '{name}:{found[-1]}')"
-
-
-def _first_line(err: Exception) -> str:
-    """The gist of a TFDS error, to embed in a sentence of ours."""
-    text = str(err).strip()
-    if not text:
-        return type(err).__name__
-    # TFDS can append long listings (every known dataset): the first line says it.
-    line = text.splitlines()[0]
-    # "Failed to construct dataset "x", builder_kwargs "{...}": <the actual reason>"
-    if line.startswith("Failed to construct") and '": ' in line:
-        line = line.split('": ', 1)[1]
-    return line.rstrip(".")
-
-
-def _check_keys(builder: tfds.core.DatasetBuilder, data: schema.DataConfig) -> None:
-    features = list(builder.info.features.keys())
-    for role, key in (("input_key", data.input_key), ("label_key", data.label_key)):
-        if key not in features:
-            raise UserError(
-                f"{role} {key!r} is not a feature of dataset {builder.info.full_name!r}; "
-                f"its features are: {', '.join(features)}{did_you_mean(key, features)}"
-            )
-
-
-def _split_size(splits: Any, split: str, full_name: str) -> int:
-    """Examples in ``split`` of a TFDS SplitDict, or a UserError naming the real splits."""
-    available = ", ".join(f"{s} ({info.num_examples})" for s, info in splits.items())
-    try:
-        size = splits[split].num_examples
-    except (KeyError, ValueError, AssertionError) as err:
-        raise UserError(
-            f"bad split {split!r} for dataset {full_name!r}: {_first_line(err)}; available "
-            f"splits: {available}; slices like 'train[:90%]' or 'train[1000:]' work too"
-        ) from None
-    if size == 0:
-        raise UserError(f"split {split!r} of dataset {full_name!r} has no examples")
-    return size
-
-
-def _one_hot_depth(builder: tfds.core.DatasetBuilder, data: schema.DataConfig) -> int | None:
-    if not data.one_hot:
-        return None
-    depth = getattr(builder.info.features[data.label_key], "num_classes", None)
-    if depth is None:
-        raise UserError(
-            f"one_hot needs a class label, but {data.label_key!r} of dataset "
-            f"{builder.info.full_name!r} is not a ClassLabel feature"
-        )
-    return depth
-
-
-# --- the per-example transformations -------------------------------------------------
-
-
-def _model_input_shape(
-    feature_shape: tuple[int | None, ...], data: schema.DataConfig
-) -> tuple[int | None, ...]:
-    """The shape of one preprocessed example: resize and crops set height and width."""
-    shape = tuple(feature_shape)
-    for step in [*data.preprocessing, *data.augmentation]:
-        if isinstance(step, schema.Resize | schema.RandomCrop):
-            if len(shape) != 3:
-                raise UserError(
-                    f"{step.type} needs images of shape (height, width, channels), but "
-                    f"{data.input_key!r} has shape {shape}"
-                )
-            if isinstance(step, schema.RandomCrop):
-                _check_crop_fits(step, shape, data.input_key)
-            shape = (step.height, step.width, shape[2])
-    return shape
-
-
-def _check_crop_fits(step: schema.RandomCrop, shape: tuple[int | None, ...], key: str) -> None:
-    """A random crop must fit inside the (padded) image; TF would fail mid-epoch."""
-    pad = 2 * step.padding
-    pairs = ((step.height, shape[0]), (step.width, shape[1]))
-    if any(dim is not None and size > dim + pad for size, dim in pairs):
-        raise UserError(
-            f"random_crop of {step.height}x{step.width} does not fit the {key!r} images "
-            f"of {shape[0]}x{shape[1]} padded by {step.padding}; make the crop smaller "
-            "or the padding larger"
-        )
-
-
-def _preprocess_step(step: schema.PreprocessStep) -> Callable[[Image], Image]:
-    """One deterministic preprocessing step as a function on a float32 image."""
-    if isinstance(step, schema.Rescale):
-        low, high = step.range
-        # Divide first: max_value / max_value is exactly 1.0, so the ends of the range
-        # come out exact (e.g. exactly -1 and 1); a fused scale factor can miss by an ulp.
-        return lambda x: x / step.max_value * (high - low) + low
-    if isinstance(step, schema.Resize):
-        return lambda x: tf.image.resize(x, (step.height, step.width), method=step.method)
-    mean = tf.constant(step.mean, tf.float32)
-    std = tf.constant(step.std, tf.float32)
-    return lambda x: (x - mean) / std
-
-
-def _preprocess_fn(data: schema.DataConfig, training: bool) -> Callable[[Image], Image]:
-    """Cast to float32, then the preprocessing steps in order.
-
-    Outside training each random crop becomes its deterministic counterpart, a centre
-    crop (as Keras's RandomCrop layer does at inference), so evaluation batches have the
-    shape the model was trained on.
-    """
-    steps = [_preprocess_step(step) for step in data.preprocessing]
-    if not training:
-        steps += [_center_crop(s) for s in data.augmentation if isinstance(s, schema.RandomCrop)]
-
-    def preprocess(x: Image) -> Image:
-        x = tf.cast(x, tf.float32)
-        for step in steps:
-            x = step(x)
-        return x
-
-    return preprocess
-
-
-def preprocess_images(data: schema.DataConfig, images: Any) -> tf.Tensor:
-    """A batch of raw images (as the dataset stores them: its dtype, value range and
-    shape) -> model inputs, preprocessed exactly as evaluation preprocesses a split."""
-    preprocess = _preprocess_fn(data, training=False)
-    # Mapped one example at a time, as the split pipeline maps them.
-    return tf.map_fn(preprocess, tf.convert_to_tensor(images), fn_output_signature=tf.float32)
-
-
-def _center_crop(step: schema.RandomCrop) -> Callable[[Image], Image]:
-    return lambda x: tf.image.resize_with_crop_or_pad(x, step.height, step.width)
-
-
-def _example_fn(
-    data: schema.DataConfig, training: bool
-) -> Callable[[Example], tuple[Image, tf.Tensor]]:
-    """Decoded TFDS example dict -> ``(preprocessed input, label)``."""
-    preprocess = _preprocess_fn(data, training)
-    return lambda ex: (preprocess(ex[data.input_key]), ex[data.label_key])
-
-
-def _augment(ds: tf.data.Dataset, data: schema.DataConfig, seed: int | None) -> tf.data.Dataset:
-    """Augment whole batches: a few ops per batch cost far less than a few per example."""
-    # Each batch gets its own stateless seed from a seeded stream, so augmentation is
-    # reproducible under parallel map, yet different every epoch. The stream's seed is
-    # offset from the shuffle's so the two do not draw the same numbers.
-    seeds = tf.data.Dataset.random(
-        seed=None if seed is None else seed + 1, rerandomize_each_iteration=True
-    ).batch(2)
-    augment = _augment_fn(data)
-    ds = tf.data.Dataset.zip((ds, seeds))
-    return ds.map(lambda xy, s: (augment(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE)
-
-
-def _augment_fn(data: schema.DataConfig) -> Callable[[Image, tf.Tensor], Image]:
-    """The augmentation steps as one function of (image batch, stateless seed [2])."""
-    fill = _padding_fill(data)
-    steps = [_augment_step(step, fill) for step in data.augmentation]
-
-    def augment(x: Image, seed: tf.Tensor) -> Image:
-        step_seeds = tf.random.experimental.stateless_split(seed, num=len(steps))
-        for i, step in enumerate(steps):
-            x = step(x, step_seeds[i])
-        return x
-
-    return augment
-
-
-def _padding_fill(data: schema.DataConfig) -> Callable[[Any], Image]:
-    """What a black (0) pixel becomes after preprocessing: the value crops pad with.
-
-    Padding the preprocessed image with this matches the usual recipe of padding the raw
-    image with black (e.g. -1 after a [-1, 1] rescale, not the 0 of mid-grey).
-    """
-    # Resizing maps a constant image to the same constant, so only the pointwise steps
-    # matter; applied to one black pixel they keep any per-channel normalization.
-    pointwise = [
-        _preprocess_step(step)
-        for step in data.preprocessing
-        if not isinstance(step, schema.Resize)
-    ]
-
-    def fill(channels: Any) -> Image:
-        x = tf.zeros([1, 1, channels], tf.float32)
-        for step in pointwise:
-            x = step(x)
-        return x
-
-    return fill
-
-
-def _augment_step(
-    step: schema.AugmentStep, fill: Callable[[Any], Image]
-) -> Callable[[Image, tf.Tensor], Image]:
-    if isinstance(step, schema.RandomFlip):
-        return lambda x, seed: _random_flip(x, step.mode, seed)
-    return lambda x, seed: _random_crop(x, step, fill, seed)
-
-
-def _random_flip(x: Image, mode: str, seed: tf.Tensor) -> Image:
-    """Mirror each image of the batch [B, H, W, C] with probability 1/2 per direction."""
-    lr_seed, ud_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-    if mode in ("horizontal", "horizontal_and_vertical"):
-        x = _flip_some(x, axis=2, seed=lr_seed)
-    if mode in ("vertical", "horizontal_and_vertical"):
-        x = _flip_some(x, axis=1, seed=ud_seed)
-    return x
-
-
-def _flip_some(x: Image, axis: int, seed: tf.Tensor) -> Image:
-    flip = tf.random.stateless_uniform([tf.shape(x)[0]], seed) < 0.5
-    return tf.where(flip[:, None, None, None], tf.reverse(x, [axis]), x)
-
-
-def _random_crop(
-    x: Image, step: schema.RandomCrop, fill: Callable[[Any], Image], seed: tf.Tensor
-) -> Image:
-    """Pad, then cut a height x width window at a random place in each image of the batch."""
-    channels = x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]
-    if step.padding:
-        # Pad (x - fill) with zeros and add fill back: a per-channel constant padding.
-        p = step.padding
-        value = fill(channels)
-        x = tf.pad(x - value, [[0, 0], [p, p], [p, p], [0, 0]]) + value
-    top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-    rows = _window_indices(tf.shape(x)[0], tf.shape(x)[1], step.height, top_seed)
-    cols = _window_indices(tf.shape(x)[0], tf.shape(x)[2], step.width, left_seed)
-    # Gathering rows, then columns, per image: an exact crop (no interpolation).
-    x = tf.gather(x, rows, axis=1, batch_dims=1)
-    x = tf.gather(x, cols, axis=2, batch_dims=1)
-    return tf.ensure_shape(x, (None, step.height, step.width, x.shape[-1]))
-
-
-def _window_indices(batch: tf.Tensor, length: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
-    """[batch, size] indices of a window of ``size`` at a uniform random start in ``length``."""
-    start = tf.random.stateless_uniform(
-        [batch], seed, minval=0, maxval=length - size + 1, dtype=tf.int32
-    )
-    return start[:, None] + tf.range(size)
