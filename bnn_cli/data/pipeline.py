@@ -408,6 +408,9 @@ class _Split:
     labels: tf.Tensor | None = None
     paths: bool = False  # items are file paths: read them, then run the fixed stage
     stream: tf.data.Dataset | None = None  # else
+    # Of an uncached TFDS split in several files: seed -> the stream, its files in an
+    # order drawn from the seed.
+    shuffled_files: Callable[[Any], tf.data.Dataset] | None = None
 
 
 def _batches_for_seed(
@@ -432,8 +435,10 @@ def _batches_for_seed(
 
     def examples(seed: Any) -> tf.data.Dataset:
         if stream is not None:
-            return stream.shuffle(data.shuffle_buffer, seed=seed,
-                                  reshuffle_each_iteration=True) if shuffle else stream
+            if not shuffle:
+                return stream
+            ds = held.shuffled_files(seed) if held.shuffled_files else stream
+            return ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = _examples_of((held.items, held.labels), shuffle=shuffle, seed=seed)
         if held.paths:
             ds = ds.map(lambda p, y: (steps.fixed(tf.io.read_file(p)), y),
@@ -511,7 +516,44 @@ def _split(source: Source, data: schema.DataConfig, split: str, steps: _Steps) -
         else:
             ds = _stored(source, data, split, steps)
             _SPLITS[key] = _held(ds, count, cache, f"{source.info.full_name} {split}")
+            if not cache and source.builder is not None:
+                _SPLITS[key].shuffled_files = _shuffled_files(source, data, split, steps)
     return _SPLITS[key]
+
+
+def _shuffled_files(source: Source, data: schema.DataConfig, split: str, steps: _Steps
+                    ) -> Callable[[Any], tf.data.Dataset] | None:
+    """``seed -> examples`` of a TFDS split stored in several TFRecord files, the files
+    read in an order drawn from ``seed`` (interleaved, as TFDS's ``shuffle_files``), so
+    the shuffle buffer mixes examples from all over the split; None for one file.
+
+    TFDS's own ``shuffle_files`` draws its order from a Python seed and from how often
+    the dataset was iterated; this one depends on the epoch's seed alone, so a resumed
+    epoch reads its files in the same order."""
+    info = source.builder.info
+    parts = info.splits[split].file_instructions
+    if info.file_format != tfds.core.FileFormat.TFRECORD or len(parts) < 2:
+        return None
+    names = tf.constant([p.filename for p in parts])
+    skips = tf.constant([p.skip for p in parts], tf.int64)
+    takes = tf.constant([p.take for p in parts], tf.int64)
+    decoders = None if steps.channels is None else \
+        {data.input_key: tfds.decode.SkipDecoding()}
+
+    def part(i: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.TFRecordDataset(names[i]).skip(skips[i]).take(takes[i])
+
+    def example(record: tf.Tensor) -> Pair:
+        ex = info.features.deserialize_example(record, decoders=decoders)
+        return steps.fixed(ex[data.input_key]), ex[data.label_key]
+
+    def read(seed: Any) -> tf.data.Dataset:
+        order = _order(tf.constant(len(parts), tf.int64), True, seed)
+        return order.interleave(part, cycle_length=min(16, len(parts)),
+                                num_parallel_calls=AUTOTUNE, deterministic=True) \
+            .map(example, num_parallel_calls=AUTOTUNE)
+
+    return read
 
 
 def _stored(source: Source, data: schema.DataConfig, split: str,

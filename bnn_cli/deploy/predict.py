@@ -174,8 +174,9 @@ def _image_inputs(checked: CheckedConfig, images: list[tuple[str, tf.Tensor]]
 
     feature = _input_feature(checked)
     converted = [_to_dataset_form(image, feature) for _, image in images]
-    raw = tf.stack([image for image, _ in converted])
-    x = data.preprocess_images(checked.spec.data, raw).numpy()
+    # One at a time: images of a folder may differ in size until preprocessed.
+    x = np.concatenate([data.preprocess_images(checked.spec.data, image[None]).numpy()
+                        for image, _ in converted])
     return [name for name, _ in images], x, [changes for _, changes in converted]
 
 
@@ -184,6 +185,9 @@ def _input_feature(checked: CheckedConfig) -> Any:
     import tensorflow_datasets as tfds
 
     key = checked.spec.data.input_key
+    if checked.data.kind == "image_folder":  # 8-bit files of the folder's shape
+        raw = data.open_source(checked.spec.data, checked.data_dir).info.input_shape
+        return tfds.features.Image(shape=raw)
     builder = tfds.builder_from_directory(checked.data.prepared_dir)  # (the one checked)
     feature = builder.info.features[key]
     if len(feature.shape) != 3:
