@@ -479,3 +479,30 @@ def test_full_mnist_from_a_folder_of_pngs_matches_tfds(tmp_path: Path) -> None:
                 for name, dataset in (("tfds", "mnist"), ("folder", str(folder)))}
     assert accuracy["tfds"] > 0.95
     assert abs(accuracy["folder"] - accuracy["tfds"]) <= 0.003, accuracy
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_a_file_corrupt_inside_is_named_when_it_fails_to_decode(tmp_path: Path,
+                                                                crop: bool) -> None:
+    """A PNG whose header and end are intact but whose pixels are damaged passes the
+    checks made before training; its failure (filling the cache, or mid-epoch where a
+    random crop decodes) names it (``error``), or it is dropped (``skip``)."""
+    from bnn_cli import api
+
+    root = _write_folder(tmp_path / "photos", 24, [(20, 20)])
+    victim = sorted(root.glob("train/c0/*.png"))[0]
+    damaged = bytearray(victim.read_bytes())
+    damaged[60:400] = bytes((b * 7 + 3) % 256 for b in damaged[60:400])
+    victim.write_bytes(bytes(damaged))
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model: {layers: [{type: Flatten}, {type: Dense, units: 3, activation: softmax}]}\n"
+        f"data:\n  dataset: {root}\n  train_split: train\n  validation_split: null\n"
+        "  preprocessing: [{type: rescale, max_value: 255, range: [0, 1]}]\n"
+        + ("  augmentation: [{type: random_resized_crop, height: 8, width: 8}]\n"
+           if crop else "")
+        + "training: {epochs: 1, batch_size: 8}\n")
+    with pytest.raises(UserError, match=f"do not decode: {victim}.*bad_images: skip"):
+        api.train(config, output=tmp_path / "runs")
+    run = api.train(config, "data.bad_images=skip", output=tmp_path / "runs")
+    assert run.record.status == "completed"

@@ -55,11 +55,11 @@ from bnn_cli.data.sources import (
     open_source,
     resolve_data_dir,
 )
-from bnn_cli.errors import UserError
+from bnn_cli.errors import UserError, error_text
 
 __all__ = ["DataInfo", "DataKeyError", "DatasetNameError", "dataset_info", "dataset_options",
-           "dataset_path", "epoch_seed", "load_split", "preprocess_images",
-           "resolve_data_dir", "split_examples", "training_epochs"]
+           "dataset_path", "decoding_failure", "epoch_seed", "load_split", "open_source",
+           "preprocess_images", "resolve_data_dir", "split_examples", "training_epochs"]
 
 AUTOTUNE = tf.data.AUTOTUNE
 MB = 2**20
@@ -168,6 +168,35 @@ def dataset_options() -> tf.data.Options:
     options.experimental_distribute.auto_shard_policy = \
         tf.data.experimental.AutoShardPolicy.DATA
     return options
+
+
+def decoding_failure(source: Source, splits: list[str], message: str) -> str | None:
+    """What a failed step's ``message`` means, where it is TensorFlow refusing an image
+    file's data (else None): the files of ``splits`` that do not decode, each decoded
+    again on its own (this reads them all, so only after such a failure), and the fix."""
+    if not any(sign in message for sign in ("Invalid PNG data", "Invalid JPEG data",
+                                            "Invalid GIF data", "DecodeImage",
+                                            "DecodeAndCropJpeg", "decode_image")):
+        return None
+    sys.stderr.write("an image failed to decode; looking for it...\n")
+    bad = _undecodable_files(source, splits)
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    which = f"image file(s) that do not decode: {', '.join(bad[:5])}{more}" if bad \
+        else "an image of the dataset does not decode"
+    return (f"{which} ({message}). Remove or replace the file, or set data.bad_images: "
+            "skip to leave out what fails to decode")
+
+
+def _undecodable_files(source: Source, splits: list[str]) -> list[str]:
+    if source.folder is None:
+        return []
+    bad = []
+    for f in {f.path: f for split in splits for f in source.files(split)}.values():
+        try:
+            images.decode(tf.io.read_file(f.path), source.info.input_shape[-1])
+        except tf.errors.InvalidArgumentError:
+            bad.append(f.path)
+    return sorted(bad)
 
 
 def _finished(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -426,6 +455,7 @@ def _batches_for_seed(
     depth = _one_hot_depth(info, data)
     held = _split(source, data, split, steps)
     random, augment = steps.random, steps.augment(_fill_value(data, info.input_shape[-1]))
+    skip_bad = _skipping(data, steps)
     shuffle = training and data.shuffle_buffer > 0
     # A shuffle buffer smaller than a TFDS split is honoured as such (a stream through
     # it); otherwise the whole split is permuted, as Keras shuffles arrays.
@@ -441,8 +471,8 @@ def _batches_for_seed(
             return ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = _examples_of((held.items, held.labels), shuffle=shuffle, seed=seed)
         if held.paths:
-            ds = ds.map(lambda p, y: (steps.fixed(tf.io.read_file(p)), y),
-                        num_parallel_calls=AUTOTUNE)
+            ds = skip_bad(ds.map(lambda p, y: (steps.fixed(tf.io.read_file(p)), y),
+                                 num_parallel_calls=AUTOTUNE))
         return ds
 
     def batches(seed: Any) -> tf.data.Dataset:
@@ -453,8 +483,8 @@ def _batches_for_seed(
         else:
             ds = examples(seed)
             if random is not None:
-                ds = _with_seeds(ds, seed, offset=2).map(
-                    lambda xy, s: (random(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE)
+                ds = skip_bad(_with_seeds(ds, seed, offset=2).map(
+                    lambda xy, s: (random(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE))
             ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
         if augment is not None:
             ds = _with_seeds(ds, seed, offset=1).map(
@@ -464,6 +494,16 @@ def _batches_for_seed(
         return ds
 
     return batches
+
+
+def _skipping(data: schema.DataConfig, steps: _Steps
+              ) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+    """With ``bad_images: skip``, a stage that decodes files drops the examples whose
+    file fails to decode after all (a corrupt middle passes the header checks),
+    logging each; else the failure stops the run, which then names the file."""
+    if data.bad_images != "skip" or steps.channels is None:
+        return lambda ds: ds
+    return lambda ds: ds.ignore_errors(log_warning=True)
 
 
 def _with_seeds(ds: tf.data.Dataset, seed: Any, offset: int) -> tf.data.Dataset:
@@ -515,7 +555,13 @@ def _split(source: Source, data: schema.DataConfig, split: str, steps: _Steps) -
                                   tf.constant([f.label for f in files], tf.int64), paths=True)
         else:
             ds = _stored(source, data, split, steps)
-            _SPLITS[key] = _held(ds, count, cache, f"{source.info.full_name} {split}")
+            try:
+                _SPLITS[key] = _held(ds, count, cache, f"{source.info.full_name} {split}")
+            except tf.errors.InvalidArgumentError as exc:  # (filling the cache)
+                failure = decoding_failure(source, [split], error_text(exc))
+                if failure is None:
+                    raise
+                raise UserError(failure) from None
             if not cache and source.builder is not None:
                 _SPLITS[key].shuffled_files = _shuffled_files(source, data, split, steps)
     return _SPLITS[key]
@@ -576,7 +622,8 @@ def _stored(source: Source, data: schema.DataConfig, split: str,
             # Our own cache sits after the fixed stage; TFDS's would hold raw copies.
             read_config=tfds.ReadConfig(try_autocache=False),
         ).map(lambda ex: (ex[data.input_key], ex[data.label_key]))
-    return pairs.map(lambda x, y: (steps.fixed(x), y), num_parallel_calls=AUTOTUNE)
+    return _skipping(data, steps)(
+        pairs.map(lambda x, y: (steps.fixed(x), y), num_parallel_calls=AUTOTUNE))
 
 
 def _held(ds: tf.data.Dataset, count: int, cache: bool, what: str) -> _Split:

@@ -17,6 +17,7 @@ from typing import Any
 from bnn_cli._keras import tf
 from bnn_cli.assemble.job import Job
 from bnn_cli.config.monitor import monitor_mode, selection
+from bnn_cli.data import pipeline as datamod
 from bnn_cli.errors import UserError, error_text
 from bnn_cli.plots import plot_history
 from bnn_cli.rundir.run import RunDir, atomic_save
@@ -135,9 +136,15 @@ def crashed(job: Job, state: LoopState, exc: Exception) -> Exception:
         job.run.write_record(status="failed", epochs_done=state.epoch,
                              error=f"epoch {state.epoch + 1}: {type(exc).__name__}: {reason}")
     if isinstance(exc, tf.errors.InvalidArgumentError):
-        return UserError(f"{job.config.path}: training failed in epoch {state.epoch + 1}: "
-                         f"{reason}. Check the layer arguments in the config; the run is "
-                         "marked failed and its last good checkpoint is kept")
+        where = f"{job.config.path}: training failed in epoch {state.epoch + 1}"
+        kept = "the run is marked failed and its last good checkpoint is kept"
+        spec = job.config.spec.data
+        failure = datamod.decoding_failure(datamod.open_source(spec, job.data_dir), [
+            s for s in (spec.train_split, spec.validation_split) if s], reason)
+        if failure is not None:
+            return UserError(f"{where}: {failure}; {kept}")
+        return UserError(f"{where}: {reason}. Check the layer arguments in the config; "
+                         f"{kept}")
     return exc
 
 
