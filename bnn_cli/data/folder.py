@@ -90,9 +90,9 @@ def is_dataset_folder(path: Path) -> bool:
 def scan(root: Path, *, max_pixels: int, skip_bad: bool) -> Folder:
     """List and check every file under ``root``; a UserError for an unusable folder."""
     layout = _layout(root)
-    classes = sorted({c for folders in layout.values() for c in folders})
+    classes = sorted({c for _, folders in layout.values() for c in folders})
     listed = {split: [(p, classes.index(c)) for c, paths in folders.items() for p in paths]
-              for split, folders in layout.items()}
+              for split, (_, folders) in layout.items()}
     total = sum(len(files) for files in listed.values())
     checked = _check_all([f for files in listed.values() for f in files], max_pixels, total)
     bad = [result for result in checked.values() if isinstance(result, BadFile)]
@@ -103,13 +103,13 @@ def scan(root: Path, *, max_pixels: int, skip_bad: bool) -> Folder:
               for split, files in listed.items()}
     for split, files in splits.items():
         if not files:
-            raise UserError(f"{root / split if split in os.listdir(root) else root}: the "
-                            f"split {split!r} has no readable images")
+            raise UserError(f"{layout[split][0]}: the split {split!r} has no readable images")
     return Folder(str(root), tuple(classes), splits, tuple(bad))
 
 
-def _layout(root: Path) -> dict[str, dict[str, list[str]]]:
-    """split -> class -> sorted file paths; UserErrors for empty classes and splits."""
+def _layout(root: Path) -> dict[str, tuple[Path, dict[str, list[str]]]]:
+    """split -> (its folder, class -> sorted file paths); UserErrors for empty classes
+    and splits."""
     if not root.is_dir():
         raise UserError(f"{root}: no such folder")
     top = _subfolders(root)
@@ -128,7 +128,7 @@ def _layout(root: Path) -> dict[str, dict[str, list[str]]]:
             if not files:
                 raise UserError(f"{folder / name}: the class {name!r} has no files; "
                                 "remove the empty folder or add its images")
-        layout[split] = classes
+        layout[split] = (folder, classes)
     return layout
 
 
