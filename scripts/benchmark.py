@@ -2,7 +2,7 @@
 """bnn's speed, compared in one run with what a user would otherwise run.
 
     python scripts/benchmark.py [--only step,train,pipeline,startup] [--rounds 3]
-        [--data-dir ../shared/tfds] [--out docs/benchmark]
+        [--data-dir ../shared/tfds] [--imagenet-images 3000] [--out docs/benchmark]
 
 - step: training-step throughput of one network as full-precision Keras layers, as
   Larq layers and as bnn_cli layers (Larq's MNIST network at batch 64, BinaryNet for
@@ -19,7 +19,11 @@
   steps on the same batches;
 - epoch: where a quickstart epoch's time goes as the training loop runs it (pipelines,
   the fit call, the checkpoint with its pointers and metrics, run.json);
-- startup: ``bnn --help``, ``bnn list-quantizers`` and ``import tensorflow``.
+- startup: ``bnn --help``, ``bnn list-quantizers`` and ``import tensorflow``;
+- imagenet-pipeline: images per second of bnn's ImageNet input pipeline (random-resized
+  crop, flip, normalize; evaluation's centre crop) against the Larq zoo's tf.data
+  pipeline and against JPEG decoding alone, on a folder of real photographs at
+  ImageNet's size (see scripts/imagenet_pipeline.py), with the CPU it ran on.
 
 Writes ``<out>.md`` (the table the README shows) and ``<out>.json``. Larq is the test
 extra (``pip install -e '.[test]'``). Times are ratios measured in one run: the machine
@@ -29,6 +33,7 @@ is noisy, so only the ratios mean much.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -41,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import imagenet_pipeline
+
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +55,10 @@ NETWORKS = {  # name -> (config, batch size)
     "larq_mnist": ("configs/larq_mnist.yaml", 64),
     "binarynet_cifar10": ("configs/binarynet_cifar10.yaml", 128),
 }
-SECTIONS = ("step", "train", "pipeline", "epoch", "startup")
+SECTIONS = ("step", "train", "pipeline", "epoch", "startup", "imagenet-pipeline")
+SIMD = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+        "amx_bf16", "amx_int8", "asimd", "sve")
+"""The instruction sets that decide how fast JPEG decoding and the kernels run."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -373,6 +383,33 @@ def bench_startup(rounds: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
+# imagenet-pipeline (scripts/imagenet_pipeline.py)
+# ---------------------------------------------------------------------------------------
+
+
+def bench_imagenet_pipeline(rounds: int, images: int) -> dict[str, Any]:
+    cpu = cpu_info()
+    progress(f"imagenet-pipeline on {imagenet_pipeline.cpu_line(cpu)}")
+    return {**imagenet_pipeline.bench(rounds, images, progress=progress), "cpu": cpu}
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name, its cores (those this process may use) and which of
+    :data:`SIMD` it has (Linux's /proc/cpuinfo; elsewhere the platform's name only)."""
+    import platform
+
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"model": fields.get("model name") or platform.processor() or platform.machine(),
+            "cores": cores, "instruction_sets": [f for f in SIMD if f in flags]}
+
+
+# ---------------------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------------------
 
@@ -414,6 +451,9 @@ def table(results: dict[str, Any]) -> str:
     if "startup" in results:
         r = results["startup"]
         out += ["Start-up: " + ", ".join(f"`{k}` {v:.2f} s" for k, v in r.items()) + "."]
+    if "imagenet-pipeline" in results:
+        out += [""] * bool(out and out[-1]) + \
+            imagenet_pipeline.table_lines(results["imagenet-pipeline"])
     return "\n".join(out) + "\n"
 
 
@@ -423,6 +463,9 @@ def main() -> int:
                         help=f"comma-separated sections of {', '.join(SECTIONS)}")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "tfds"))
+    parser.add_argument("--imagenet-images", type=int, default=imagenet_pipeline.IMAGES,
+                        help="imagenet-pipeline: training photographs (validation: "
+                             f"up to {imagenet_pipeline.VALIDATION_IMAGES})")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmark"))
     args = parser.parse_args()
     sections = [s for s in args.only.split(",") if s]
@@ -439,6 +482,8 @@ def main() -> int:
             results["pipeline"] = bench_pipeline(args.rounds, args.data_dir)
         elif section == "epoch":
             results["epoch"] = bench_epoch(args.rounds, "")
+        elif section == "imagenet-pipeline":
+            results[section] = bench_imagenet_pipeline(args.rounds, args.imagenet_images)
         else:
             results["startup"] = bench_startup(args.rounds)
     text = table(results)

@@ -54,13 +54,20 @@ def write_mnist_folder(folder: Path, data_dir: Path = SHARED_TFDS,
     return folder
 
 
-def test_accuracy(dataset: str, epochs: int, output: Path, name: str, seed: int = 0) -> float:
-    """Train larq_mnist on the whole training split of ``dataset`` (its learning rate
-    decayed to 0 on a cosine, which makes the last epoch's accuracy steady from seed to
-    seed); its test accuracy."""
+FULL_PRECISION = [f"model.defaults.{layer}.{quantizer}=null"
+                  for layer in ("QuantConv2D", "QuantDense")
+                  for quantizer in ("input_quantizer", "kernel_quantizer", "kernel_constraint")]
+"""Overrides that make larq_mnist its full-precision twin (the same layers, no quantizers)."""
+
+
+def test_accuracy(dataset: str, epochs: int, output: Path, name: str, seed: int = 0,
+                  binary: bool = True) -> float:
+    """Train larq_mnist (or its full-precision twin) on the whole training split of
+    ``dataset``, its learning rate decayed to 0 on a cosine; its test accuracy."""
     from bnn_cli import api
 
-    run = api.train(CONFIG, f"name={name}", f"data.dataset={dataset}",
+    run = api.train(CONFIG, *([] if binary else FULL_PRECISION),
+                    f"name={name}", f"data.dataset={dataset}",
                     "data.train_split=train", "data.validation_split=null",
                     f"training.epochs={epochs}", f"training.seed={seed}",
                     "training.learning_rate={type: cosine, initial: 0.002}",
@@ -72,6 +79,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, default=1, help="runs of each (seeds 0..n-1)")
+    parser.add_argument("--full-precision", action="store_true",
+                        help="the network's full-precision twin (no quantizers)")
     parser.add_argument("--folder", type=Path,
                         default=Path(tempfile.gettempdir()) / "bnn_mnist_png")
     parser.add_argument("--output", type=Path, default=Path("runs") / "folder_vs_tfds")
@@ -82,7 +91,8 @@ def main() -> int:
     for seed in range(args.seeds):
         for name, dataset in (("tfds", "mnist"), ("folder", str(folder))):
             results[name].append(test_accuracy(dataset, args.epochs, args.output,
-                                               f"{name}-seed{seed}", seed))
+                                               f"{name}-seed{seed}", seed,
+                                               binary=not args.full_precision))
     results["difference_points"] = [100 * (f - t) for f, t in
                                     zip(results["folder"], results["tfds"], strict=True)]
     print(json.dumps(results, indent=2))

@@ -14,6 +14,7 @@ pytest.importorskip("larq", reason="Larq is a test extra: pip install -e '.[test
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import benchmark  # noqa: E402
+import imagenet_pipeline as inp  # noqa: E402
 
 
 @pytest.mark.parametrize("config", ["configs/larq_mnist.yaml"])
@@ -47,3 +48,91 @@ def test_epoch_time_is_the_median_gap_between_epoch_lines():
     # Lines at 0, 1, 3 and 4 s: epochs 2-4 took 1, 2 and 1 s (epoch 1 has no line
     # before it, and traces the step).
     assert benchmark._epoch_time({"epoch_ends": [0.0, 1.0, 3.0, 4.0]}) == 1.0
+
+
+# --- imagenet-pipeline (scripts/imagenet_pipeline.py) ---------------------------------
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A tiny photo folder: 20 training and 10 validation photographs."""
+    return inp.photo_folder(20, validation=10, root=tmp_path_factory.mktemp("in") / "photos",
+                            progress=_quiet)
+
+
+def _needs_bnn_crop(name: str) -> None:
+    from bnn_cli.config import schema
+
+    if name == inp.BNN and not hasattr(schema, "RandomResizedCrop"):
+        pytest.skip("bnn's random_resized_crop is not written yet")
+
+
+def test_imagenet_photo_folder_has_classes_of_jpegs_at_imagenet_size(photos):
+    from PIL import Image
+
+    for split, count in (("train", 20), ("validation", 10)):
+        classes = sorted(p.name for p in (photos / split).iterdir())
+        assert classes == [f"class{c}" for c in range(inp.CLASSES)]
+        files = sorted((photos / split).glob("*/*"))
+        assert len(files) == count and {f.suffix for f in files} == {".jpg"}
+        for f in files:
+            with Image.open(f) as image:
+                assert image.format == "JPEG" and image.mode == "RGB"
+                long, short = max(image.size), min(image.size)
+            assert inp.WIDTHS[0] <= long <= inp.WIDTHS[1]
+            assert inp.HEIGHTS[0] <= short <= inp.HEIGHTS[1]
+
+
+def test_imagenet_photo_folder_is_reused_when_complete_and_rewritten_when_not(tmp_path):
+    root = tmp_path / "photos"
+    assert inp.photo_folder(10, validation=10, root=root, progress=_quiet) == root
+    marker = root / "done.json"
+    stamp = marker.stat().st_mtime_ns
+    inp.photo_folder(10, validation=10, root=root, progress=_quiet)
+    assert marker.stat().st_mtime_ns == stamp
+    marker.unlink()  # (a folder that does not say it is complete)
+    inp.photo_folder(10, validation=10, root=root, progress=_quiet)
+    assert marker.exists() and [p.name for p in tmp_path.iterdir()] == ["photos"]
+
+
+@pytest.mark.parametrize("mode", inp.MODES)
+@pytest.mark.parametrize("name", inp.PIPELINES)
+def test_imagenet_pipelines_read_every_photograph(photos, name, mode):
+    _needs_bnn_crop(name)
+    batches = list(inp.BUILDERS[name](photos, mode, 8))
+    count = 20 if mode == "train" else 10
+    assert sum(len(y) for _, y in batches) == count == inp.drain(inp.BUILDERS[name](
+        photos, mode, 8))
+    x, y = batches[0]
+    assert y.dtype == "int64" and set(y.numpy()) <= set(range(inp.CLASSES))
+    if name == inp.DECODE:  # (each image as its number of values)
+        assert x.shape == (8,) and all(360 * 480 * 3 <= v <= 375 * 500 * 3 for v in x.numpy())
+    else:
+        assert x.shape == (8, 224, 224, 3) and x.dtype == "float32"
+
+
+def test_imagenet_pipelines_evaluate_the_same_crops(photos):
+    # bnn's evaluation and the zoo's read the same centre crops, normalized alike (in
+    # other orders): the same work is timed.
+    _needs_bnn_crop(inp.BNN)
+    means = [np.concatenate([x.numpy() for x, _ in inp.BUILDERS[name](photos, "eval", 8)]
+                            ).mean(axis=(0, 1, 2)) for name in (inp.BNN, inp.ZOO)]
+    np.testing.assert_allclose(means[0], means[1], atol=1e-4)
+
+
+def test_imagenet_table_has_the_pipelines_and_the_goal():
+    result = {"images": {"train": 3000, "eval": 500}, "batch": 256, "rounds": 3,
+              "images_per_s": {inp.BNN: {"train": 900.0, "eval": 1000.0},
+                               inp.ZOO: {"train": 900.0, "eval": 1250.0},
+                               inp.DECODE: {"train": 1000.0, "eval": 1250.0}},
+              "cpu": {"model": "Some CPU", "cores": 16, "instruction_sets": ["avx2"]}}
+    text = benchmark.table({"imagenet-pipeline": result})
+    assert "| bnn | 900 | 1000 | 1.00x / 0.80x | 0.90x / 0.80x |" in text
+    assert "| zoo tf.data | 900 | 1250 | 1.00x / 1.00x | 0.90x / 1.00x |" in text
+    assert "| decoding alone | 1000 | 1250 | 1.11x / 1.00x | 1.00x / 1.00x |" in text
+    assert "train met, eval not met" in text
+    assert "CPU: Some CPU, 16 cores (avx2)." in text

@@ -506,3 +506,19 @@ def test_a_file_corrupt_inside_is_named_when_it_fails_to_decode(tmp_path: Path,
         api.train(config, output=tmp_path / "runs")
     run = api.train(config, "data.bad_images=skip", output=tmp_path / "runs")
     assert run.record.status == "completed"
+
+
+def test_flips_mirror_exactly_the_images_their_draws_pick() -> None:
+    """The batched flip (a gather of reversed indices) against its definition, and the
+    per-image flip that follows a random-resized crop against a batch of one."""
+    x = tf.random.uniform([16, 5, 7, 3], seed=1)
+    seed = tf.constant([3, 4])
+    lr_seed = tf.random.experimental.stateless_split(seed, num=2)[0]
+    flipped = images.random_flip(x, "horizontal", seed).numpy()
+    chosen = tf.random.stateless_uniform([16], lr_seed).numpy() < 0.5
+    assert 0 < chosen.sum() < 16
+    np.testing.assert_array_equal(flipped[chosen], x.numpy()[chosen][:, :, ::-1])
+    np.testing.assert_array_equal(flipped[~chosen], x.numpy()[~chosen])
+    for mode in ("horizontal", "vertical", "horizontal_and_vertical"):
+        np.testing.assert_array_equal(images.random_flip_one(x[3], mode, seed),
+                                      images.random_flip(x[3:4], mode, seed)[0])

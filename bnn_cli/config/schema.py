@@ -248,7 +248,9 @@ class DataConfig(Strict):
     # in a format TensorFlow cannot decode, or claims more than max_pixels (PIL's
     # default budget) is an error naming it, or with `skip`, left out and counted.
     bad_images: Literal["error", "skip"] = "error"
-    max_pixels: int = Field(default=89_478_485, gt=0)
+    # At most PIL's own limit (178,956,970, twice its default), beyond which it refuses
+    # to open a file at all.
+    max_pixels: int = Field(default=89_478_485, gt=0, le=178_956_970)
 
 
 # --- model section ---------------------------------------------------------------

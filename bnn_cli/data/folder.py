@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 import warnings
 from collections import Counter
@@ -37,6 +38,12 @@ DECODABLE = {"JPEG": "jpeg", "PNG": "png", "GIF": "gif", "BMP": "bmp"}
 """PIL's names of the formats ``tf.io.decode_image`` reads."""
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 SHOWN = 5  # bad files named in an error; the rest are counted
+PIL_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+"""PIL refuses to open an image of more pixels (a decompression bomb) at all."""
+
+# Between PIL's warning and its refusal, data.max_pixels decides (set once, here: the
+# warnings filters are process-wide, and catch_warnings is not thread-safe).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,8 @@ def scan(root: Path, *, max_pixels: int, skip_bad: bool) -> Folder:
     """List and check every file under ``root``; a UserError for an unusable folder."""
     layout = _layout(root)
     classes = sorted({c for _, folders in layout.values() for c in folders})
-    listed = {split: [(p, classes.index(c)) for c, paths in folders.items() for p in paths]
+    index = {name: i for i, name in enumerate(classes)}
+    listed = {split: [(p, index[c]) for c, paths in folders.items() for p in paths]
               for split, (_, folders) in layout.items()}
     total = sum(len(files) for files in listed.values())
     checked = _check_all([f for files in listed.values() for f in files], max_pixels, total)
@@ -167,12 +175,13 @@ def _check_all(files: list[tuple[str, int]], max_pixels: int, total: int
 def check_file(path: str, label: int, max_pixels: int) -> ImageFile | BadFile:
     """One file's header and end, without decoding its pixels."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's DecompressionBombWarning: ours below
-            with Image.open(path) as image:
-                kind, (width, height), mode = image.format, image.size, image.mode
-    except Image.DecompressionBombError as exc:  # PIL's own limit, twice its default
-        return BadFile(path, f"claims too many pixels ({exc})")
+        with Image.open(path) as image:
+            kind, (width, height), mode = image.format, image.size, image.mode
+    except Image.DecompressionBombError as exc:  # PIL: "Image size (N pixels) exceeds..."
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "too many pixels"
+        return BadFile(path, f"claims {size}, more than data.max_pixels and more than PIL "
+                             f"opens at all ({PIL_MAX_PIXELS:,})")
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's ways to say "not an image"
         return BadFile(path, f"not an image ({exc})" if str(exc) else "not an image")
     if kind not in DECODABLE:
@@ -184,10 +193,10 @@ def check_file(path: str, label: int, max_pixels: int) -> ImageFile | BadFile:
     size = os.path.getsize(path)
     if not _complete(path, DECODABLE[kind], size):
         return BadFile(path, f"truncated {kind} file (its end marker is missing)")
-    return ImageFile(path, label, width, height, mode in GREY_MODES, size)
+    return ImageFile(path, label, width, height, mode in GREY_MODES and kind != "GIF", size)
 
 
-_END_MARKERS = {"jpeg": b"\xff\xd9", "png": b"IEND", "gif": b"\x3b"}
+_END_MARKERS = {"jpeg": b"\xff\xd9", "png": b"IEND"}
 
 
 def _complete(path: str, kind: str, size: int) -> bool:
@@ -199,6 +208,8 @@ def _complete(path: str, kind: str, size: int) -> bool:
             return size >= declared
         f.seek(max(0, size - 1024))
         tail = f.read()
+    if kind == "gif":  # its last byte is the trailer, ";" (0x3b), which its data holds too
+        return tail.rstrip(b"\x00").endswith(b"\x3b")
     # Some cameras and editors write padding after the end marker: look near the end.
     return _END_MARKERS[kind] in tail
 

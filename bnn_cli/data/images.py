@@ -5,7 +5,8 @@ which decodes a JPEG only inside the window a crop picks (``decode_and_crop_jpeg
 less work than decoding the whole file); the windows of :func:`random_resized_window`
 and :func:`center_window`; :func:`resize_shorter` and :func:`center_crop`.
 
-Per batch (images share a size): :func:`random_flip`, :func:`random_crop`,
+Per batch (images share a size): :func:`random_flip` (:func:`random_flip_one` for one
+image), :func:`random_crop`,
 :func:`color_jitter` and :func:`lighting`. Every random operation is stateless, drawn
 from the seed it is given, so the pipeline's epochs replay exactly.
 """
@@ -123,8 +124,25 @@ def random_flip(x: Image, mode: str, seed: tf.Tensor) -> Image:
 
 
 def _flip_some(x: Image, axis: int, seed: tf.Tensor) -> Image:
+    # One gather of reversed or straight indices per image: a ``tf.where`` between the
+    # batch and its mirror image broadcasts, and costs several times more.
     flip = tf.random.stateless_uniform([tf.shape(x)[0]], seed) < 0.5
-    return tf.where(flip[:, None, None, None], tf.reverse(x, [axis]), x)
+    length = tf.shape(x)[axis]
+    straight = tf.range(length)
+    index = tf.where(flip[:, None], straight[::-1][None], straight[None])
+    return tf.gather(x, index, axis=axis, batch_dims=1)
+
+
+def random_flip_one(image: Image, mode: str, seed: tf.Tensor) -> Image:
+    """:func:`random_flip` of one image [H, W, C] (the same draws as a batch of one)."""
+    lr_seed, ud_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    for axis, direction_seed, names in ((1, lr_seed, ("horizontal", "horizontal_and_vertical")),
+                                        (0, ud_seed, ("vertical", "horizontal_and_vertical"))):
+        if mode in names:
+            flip = tf.random.stateless_uniform([1], direction_seed)[0] < 0.5
+            image = tf.cond(flip, lambda x=image, a=axis: tf.reverse(x, [a]),
+                            lambda x=image: x)
+    return image
 
 
 def random_crop(x: Image, step: schema.RandomCrop, fill: Image, seed: tf.Tensor) -> Image:

@@ -168,6 +168,9 @@ def _folder_source(path: Path, data: schema.DataConfig) -> Source:
         folder = scan(path, max_pixels=data.max_pixels, skip_bad=data.bad_images == "skip")
     except UserError as exc:  # the folder data.dataset names: locate it there
         raise DataKeyError(str(exc), ("dataset",)) from None
+    if folder.bad:
+        sys.stderr.write(f"left out {len(folder.bad)} unusable file(s) of {path} "
+                         "(data.bad_images: skip); `bnn check` lists them\n")
     sizes = {name: len(files) for name, files in folder.splits.items()}
     splits = tfds.core.SplitDict([tfds.core.SplitInfo(name=name, shard_lengths=[n],
                                                       num_bytes=0)
