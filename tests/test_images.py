@@ -467,7 +467,9 @@ def test_a_tfds_image_feature_is_decoded_inside_the_crop(tmp_path: Path) -> None
 def test_full_mnist_from_a_folder_of_pngs_matches_tfds(tmp_path: Path) -> None:
     """The issue's check: all of MNIST written as PNG files by class, Larq's MNIST
     network trained from the folder and from TFDS: test accuracies within 0.3 points.
-    (``scripts/folder_vs_tfds.py`` is the same comparison, printed.)"""
+    Its full-precision twin, whose accuracy varies less from one example order to
+    another than the binary network's (about 0.2 points, measured, with
+    ``scripts/folder_vs_tfds.py --seeds 2``), so that the test measures the data."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -475,9 +477,10 @@ def test_full_mnist_from_a_folder_of_pngs_matches_tfds(tmp_path: Path) -> None:
 
     folder = folder_vs_tfds.write_mnist_folder(tmp_path / "mnist_png")
     assert sum(1 for _ in folder.glob("*/*/*.png")) == 70_000
-    accuracy = {name: folder_vs_tfds.test_accuracy(dataset, 6, tmp_path / "runs", name)
+    accuracy = {name: folder_vs_tfds.test_accuracy(dataset, 6, tmp_path / "runs", name,
+                                                   binary=False)
                 for name, dataset in (("tfds", "mnist"), ("folder", str(folder)))}
-    assert accuracy["tfds"] > 0.95
+    assert accuracy["tfds"] > 0.98
     assert abs(accuracy["folder"] - accuracy["tfds"]) <= 0.003, accuracy
 
 
