@@ -43,8 +43,8 @@ PORTRAIT_SHARE = 0.2
 JPEG_QUALITY = 90
 MODES = ("train", "eval")
 SPLITS = {"train": "train", "eval": "validation"}
-PIPELINES = ("bnn", "zoo tf.data", "decoding alone")
-BNN, ZOO, DECODE = PIPELINES
+PIPELINES = ("bnn", "zoo tf.data", "decoding alone", "decode, crop, resize alone")
+BNN, ZOO, DECODE, FLOOR = PIPELINES
 
 
 def _stderr(line: str) -> None:
@@ -236,8 +236,32 @@ def decode_pipeline(root: Path, mode: str, batch: int) -> Any:
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
+def floor_pipeline(root: Path, mode: str, batch: int) -> Any:
+    """The least work the recipe's crops need: each file decoded inside its window (the
+    zoo's random window in training, its centre crop at evaluation) and resized to 224
+    with the bicubic kernel; no flip, no normalization."""
+    from bnn_cli._keras import tf
+
+    def image(encoded: Any) -> Any:
+        shape = tf.image.extract_jpeg_shape(encoded)
+        if mode != "train":
+            return _zoo_eval_crop(encoded, shape)
+        begin, size, _ = tf.image.sample_distorted_bounding_box(
+            shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+            area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+        window = tf.stack([begin[0], begin[1], size[0], size[1]])
+        return _zoo_resize(tf.io.decode_and_crop_jpeg(encoded, window, channels=3))
+
+    paths, labels = split_files(root, SPLITS[mode])
+    ds = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int64)))
+    ds = ds.map(lambda p, y: (image(tf.io.read_file(p)), y),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
 BUILDERS: dict[str, Callable[[Path, str, int], Any]] = {
-    BNN: bnn_pipeline, ZOO: zoo_pipeline, DECODE: decode_pipeline}
+    BNN: bnn_pipeline, ZOO: zoo_pipeline, DECODE: decode_pipeline, FLOOR: floor_pipeline}
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,7 +333,7 @@ def table_lines(result: dict[str, Any]) -> list[str]:
            f"| vs {DECODE} (train / eval) | CPU ms / image (train / eval) "
            f"| CPU time vs {ZOO} (train / eval) |", "|---|---|---|---|---|---|---|"]
     cpu = result.get("cpu_ms_per_image")
-    for name in PIPELINES:
+    for name in [name for name in PIPELINES if name in rate]:
         r = rate[name]
         line = (f"| {name} | {r['train']:.0f} | {r['eval']:.0f} | "
                 f"{_ratios(r, rate[ZOO])} | {_ratios(r, rate[DECODE])} |")

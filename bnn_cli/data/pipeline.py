@@ -1,7 +1,8 @@
 """The input pipeline: a split of a dataset in, batches of ``(inputs, labels)`` out.
 
 The dataset is opened by :mod:`bnn_cli.data.sources` (TFDS, a TFDS directory, or a
-folder of images). A split then goes through two stages per example and one per batch:
+folder of images); :mod:`bnn_cli.data.steps` turns the data section's steps into the
+functions below. A split goes through two stages per example and one per batch:
 
 1. *fixed*: read (a TFDS example; a folder's file) -> decode -> the preprocessing steps
    (float32; rescale, resize, crops, normalize) -> [cache];
@@ -55,6 +56,7 @@ from bnn_cli.data.sources import (
     open_source,
     resolve_data_dir,
 )
+from bnn_cli.data.steps import Steps, fill_value, model_input_shape
 from bnn_cli.errors import UserError, error_text
 
 __all__ = ["DataInfo", "DataKeyError", "DatasetNameError", "dataset_info", "dataset_options",
@@ -71,7 +73,7 @@ def dataset_info(data: schema.DataConfig, data_dir: str | None) -> DataInfo:
     """The dataset's classes and splits, with the input shape the model sees: what the
     preprocessing makes of its images. The data section's steps are checked here."""
     info = open_source(data, data_dir).info
-    return dataclasses.replace(info, input_shape=_model_input_shape(info, data))
+    return dataclasses.replace(info, input_shape=model_input_shape(info, data))
 
 
 def load_split(
@@ -147,7 +149,7 @@ def training_epochs(
 def preprocess_images(data: schema.DataConfig, images_: Any) -> tf.Tensor:
     """A batch of raw images (as the dataset stores them: its dtype, value range and
     shape) -> model inputs, preprocessed exactly as evaluation preprocesses a split."""
-    fixed = _Steps(data, training=False, channels=None).fixed
+    fixed = Steps(data, training=False, channels=None).fixed
     # Mapped one example at a time, as the split pipeline maps them.
     return tf.map_fn(fixed, tf.convert_to_tensor(images_), fn_output_signature=tf.float32)
 
@@ -203,247 +205,6 @@ def _finished(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.prefetch(AUTOTUNE).with_options(dataset_options())
 
 
-# --- the steps: what runs per example, in which stage ---------------------------------
-
-
-class _Steps:
-    """The data section's steps as the two per-example functions of the pipeline.
-
-    ``fixed(raw) -> image`` (stage 1) and, where training starts with a random-resized
-    crop, ``random(raw, seed) -> image`` (stage 2; else ``None``), plus the batched
-    augmentation ``augment(batch, seed)``. ``raw`` is an encoded image file where
-    ``channels`` is given (decoded here, only inside the crop window where the first
-    geometric step crops), else an already decoded image.
-    """
-
-    def __init__(self, data: schema.DataConfig, *, training: bool, channels: int | None):
-        self.data, self.training, self.channels = data, training, channels
-        steps = list(data.augmentation) if training else []
-        crop = steps[0] if steps and isinstance(steps[0], schema.RandomResizedCrop) else None
-        self.crop = crop
-        # A random flip right after the crop flips each crop before it is resized (the
-        # same distribution; on 8-bit pixels, per image, it costs a tenth of a flip of
-        # a whole float batch).
-        follows = steps[1] if crop and len(steps) > 1 else None
-        self.crop_flip = follows if isinstance(follows, schema.RandomFlip) else None
-        self.batched = steps[1 + bool(self.crop_flip):] if crop else steps
-        self.geometry: list[Any] = list(data.preprocessing)
-        if not training:  # each random crop's deterministic counterpart
-            self.geometry = [*(_counterpart(s) for s in data.augmentation
-                               if isinstance(s, schema.RandomResizedCrop)),
-                             *self.geometry,
-                             *(_counterpart(s) for s in data.augmentation
-                               if isinstance(s, schema.RandomCrop))]
-
-    @property
-    def random(self) -> Callable[[Any, tf.Tensor], Image] | None:
-        """Stage 2: the crop, decoded inside its window, flipped (where a flip follows
-        it), resized, and preprocessed as one affine map per channel (all the
-        preprocessing is per pixel here). Per image: measured in process CPU time, it
-        costs less than the same work on whole batches, whose floats leave the cache."""
-        if self.crop is None:
-            return None
-        crop, flip = self.crop, self.crop_flip
-        pointwise = _affine(self.geometry) if self.geometry else None
-
-        def random(raw: Any, seed: tf.Tensor) -> Image:
-            crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            window = images.random_resized_window(crop, crop_seed)
-            image = images.decode_window(raw, self.channels, window) \
-                if self.channels is not None else images.crop(raw, window)
-            if flip is not None:
-                image = images.random_flip_one(image, flip.mode, flip_seed)
-            x = images.resize(image, crop.height, crop.width, crop.method)
-            return x if pointwise is None else pointwise(x)
-
-        return random
-
-    def fixed(self, raw: Any) -> Any:
-        """Stage 1: decoded and preprocessed; with a random crop to come, raw as read.
-        After a crop that decodes only its window (and resizes), per-pixel steps run as
-        one affine map: a few passes over every pixel cost as much as the crop."""
-        if self.crop is not None:
-            return raw
-        steps = list(self.geometry)
-        if self.channels is None:
-            image = raw
-        elif steps and isinstance(steps[0], schema.CenterCrop) and steps[0].crop_fraction:
-            first = steps.pop(0)  # decode only its window
-            window = images.center_window(first.height, first.width, first.crop_fraction)
-            image = images.decode_window(raw, self.channels, window)
-            image = images.resize(image, first.height, first.width, first.method)
-            if steps and all(isinstance(s, schema.Rescale | schema.Normalize) for s in steps):
-                return _affine(steps)(image)
-        else:
-            image = images.decode(raw, self.channels)
-        x = tf.cast(image, tf.float32)
-        for step in steps:
-            x = _step_fn(step)(x)
-        return x
-
-    def augment(self, fill: Image) -> Callable[[Image, tf.Tensor], Image] | None:
-        """The batched augmentation steps as one function of (batch, seed [2])."""
-        if not self.batched:
-            return None
-        to_unit, from_unit = _unit_scale(self.data)
-        steps = [_augment_fn(s, fill, to_unit, from_unit) for s in self.batched]
-
-        def augment(x: Image, seed: tf.Tensor) -> Image:
-            step_seeds = tf.random.experimental.stateless_split(seed, num=len(steps))
-            for i, step in enumerate(steps):
-                x = step(x, step_seeds[i])
-            return x
-
-        return augment
-
-
-def _counterpart(step: schema.RandomResizedCrop | schema.RandomCrop) -> Any:
-    if isinstance(step, schema.RandomResizedCrop):
-        return schema.CenterCrop(height=step.height, width=step.width,
-                                 crop_fraction=step.eval_crop_fraction, method=step.method)
-    return schema.CenterCrop(height=step.height, width=step.width)
-
-
-def _step_fn(step: Any) -> Callable[[Image], Image]:
-    """One deterministic step as a function on a float32 image."""
-    if isinstance(step, schema.Rescale):
-        low, high = step.range
-        # Divide first: max_value / max_value is exactly 1.0, so the ends of the range
-        # come out exact (e.g. exactly -1 and 1); a fused scale factor can miss by an ulp.
-        return lambda x: x / step.max_value * (high - low) + low
-    if isinstance(step, schema.Resize):
-        return lambda x: images.resize(x, step.height, step.width, step.method)
-    if isinstance(step, schema.ResizeShorter):
-        return lambda x: images.resize_shorter(x, step.size, step.method)
-    if isinstance(step, schema.CenterCrop):
-        return lambda x: images.center_crop(x, step)
-    mean = tf.constant(step.mean, tf.float32)
-    std = tf.constant(step.std, tf.float32)
-    return lambda x: (x - mean) / std
-
-
-def _affine(steps: list[Any]) -> Callable[[Image], Image]:
-    """Per-pixel steps (rescale, normalize) folded into one ``x * scale + offset`` per
-    channel, the constants worked out in float64."""
-    scale, offset = np.float64(1.0), np.float64(0.0)
-    for step in steps:
-        if isinstance(step, schema.Rescale):
-            low, high = step.range
-            scale, offset = scale * (high - low) / step.max_value, \
-                offset * (high - low) / step.max_value + low
-        else:
-            mean, std = np.array(step.mean), np.array(step.std)
-            scale, offset = scale / std, (offset - mean) / std
-    scale_t = tf.constant(np.float32(scale))
-    offset_t = tf.constant(np.float32(offset))
-    return lambda x: tf.cast(x, tf.float32) * scale_t + offset_t
-
-
-def _pointwise(data: schema.DataConfig) -> Callable[[Image], Image]:
-    """The preprocessing's per-pixel steps (rescale, normalize) alone."""
-    steps = [_step_fn(s) for s in data.preprocessing
-             if isinstance(s, schema.Rescale | schema.Normalize)]
-
-    def apply(x: Image) -> Image:
-        for step in steps:
-            x = step(x)
-        return x
-
-    return apply
-
-
-def _unit_scale(data: schema.DataConfig) -> tuple[Callable[[Image], Image],
-                                                   Callable[[Image], Image]]:
-    """Maps between preprocessed pixels and [0, 1] (0: black, 1: white), per channel:
-    colour augmentations are defined on [0, 1] whatever the preprocessing. The
-    preprocessing's per-pixel steps are affine, so two pixels pin the map down."""
-    pointwise = _pointwise(data)
-    white = float(next((s.max_value for s in data.preprocessing
-                        if isinstance(s, schema.Rescale)), 255.0))
-    black_px = pointwise(tf.zeros([1, 1, 1], tf.float32))
-    span = pointwise(tf.fill([1, 1, 1], white)) - black_px
-    return (lambda x: (x - black_px) / span), (lambda u: u * span + black_px)
-
-
-def _fill_value(data: schema.DataConfig, channels: Any) -> Image:
-    """What a black (0) pixel becomes after preprocessing: the value crops pad with.
-
-    Padding the preprocessed image with this matches the usual recipe of padding the raw
-    image with black (e.g. -1 after a [-1, 1] rescale, not the 0 of mid-grey).
-    """
-    return _pointwise(data)(tf.zeros([1, 1, channels], tf.float32))
-
-
-def _augment_fn(step: Any, fill: Image, to_unit: Callable, from_unit: Callable
-                ) -> Callable[[Image, tf.Tensor], Image]:
-    if isinstance(step, schema.RandomFlip):
-        return lambda x, seed: images.random_flip(x, step.mode, seed)
-    if isinstance(step, schema.RandomCrop):
-        return lambda x, seed: images.random_crop(x, step, fill, seed)
-    colour = images.color_jitter if isinstance(step, schema.ColorJitter) else images.lighting
-    return lambda x, seed: from_unit(colour(to_unit(x), step, seed))
-
-
-def _model_input_shape(info: DataInfo, data: schema.DataConfig) -> tuple[int | None, ...]:
-    """The shape of one preprocessed example, with the steps checked against the
-    images: crops fit, sizes fixed before batching, colour steps on RGB."""
-    shape = tuple(info.input_shape)
-    steps = [(("preprocessing", i), s) for i, s in enumerate(data.preprocessing)] + \
-            [(("augmentation", i), s) for i, s in enumerate(data.augmentation)]
-    _check_order(data)
-    for path, step in steps:
-        if isinstance(step, schema.Normalize | schema.Rescale | schema.RandomFlip):
-            continue
-        if len(shape) != 3:
-            raise DataKeyError(f"{step.type} needs images of shape (height, width, "
-                               f"channels), but {data.input_key!r} has shape {shape}", path)
-        if isinstance(step, schema.ColorJitter | schema.Lighting) and shape[2] != 3 and \
-                (isinstance(step, schema.Lighting) or step.saturation):
-            raise DataKeyError(f"{step.type} needs RGB images, but {data.input_key!r} has "
-                               f"{shape[2]} channel(s)", path)
-        if isinstance(step, schema.RandomCrop):
-            _check_crop_fits(step, shape, data.input_key, path)
-        if isinstance(step, schema.ResizeShorter):
-            square = shape[0] is not None and shape[0] == shape[1]
-            shape = (step.size, step.size, shape[2]) if square else (None, None, shape[2])
-        elif not isinstance(step, schema.ColorJitter | schema.Lighting):
-            shape = (step.height, step.width, shape[2])
-    if info.kind == "image_folder" and None in shape[:2]:
-        sizes = ", ".join(f"{h}x{w}" for h, w in info.image_sizes)
-        raise DataKeyError(f"the images of {info.full_name} differ in size ({sizes}, ...) "
-                           "and no step makes them one size: add a resize, center_crop or "
-                           "random_resized_crop step", ("preprocessing",))
-    return shape
-
-
-def _check_order(data: schema.DataConfig) -> None:
-    """A random-resized crop crops the decoded image: it comes first, with no other
-    step that sets the size before it."""
-    for i, step in enumerate(data.augmentation):
-        if isinstance(step, schema.RandomResizedCrop) and i > 0:
-            raise DataKeyError("random_resized_crop must be the first augmentation step: "
-                               "it crops each decoded image before batching", ("augmentation", i))
-    if data.augmentation and isinstance(data.augmentation[0], schema.RandomResizedCrop):
-        for i, step in enumerate(data.preprocessing):
-            if isinstance(step, schema.GEOMETRY_STEPS):
-                raise DataKeyError(
-                    f"{step.type} in preprocessing would run before random_resized_crop in "
-                    "training; the crop sets the size itself (and evaluation uses its "
-                    "eval_crop_fraction): remove this step", ("preprocessing", i))
-
-
-def _check_crop_fits(step: schema.RandomCrop, shape: tuple[int | None, ...], key: str,
-                     path: tuple) -> None:
-    """A random crop must fit inside the (padded) image; TF would fail mid-epoch."""
-    pad = 2 * step.padding
-    pairs = ((step.height, shape[0]), (step.width, shape[1]))
-    if any(dim is not None and size > dim + pad for size, dim in pairs):
-        raise DataKeyError(
-            f"random_crop of {step.height}x{step.width} does not fit the {key!r} images "
-            f"of {shape[0]}x{shape[1]} padded by {step.padding}; make the crop smaller "
-            "or the padding larger", path)
-
-
 def _one_hot_depth(info: DataInfo, data: schema.DataConfig) -> int | None:
     if not data.one_hot:
         return None
@@ -483,10 +244,10 @@ def _batches_for_seed(
     stages, so it also runs in-graph with a tensor seed."""
     source = open_source(data, data_dir)
     info = dataset_info(data, data_dir)  # (checks the steps against the images)
-    steps = _Steps(data, training=training, channels=_channels(source, data))
+    steps = Steps(data, training=training, channels=_channels(source, data))
     depth = _one_hot_depth(info, data)
     held = _split(source, data, split, steps)
-    random, augment = steps.random, steps.augment(_fill_value(data, info.input_shape[-1]))
+    random, augment = steps.random, steps.augment(fill_value(data, info.input_shape[-1]))
     skip_bad = _skipping(data, steps)
     shuffle = training and data.shuffle_buffer > 0
     # A shuffle buffer smaller than a TFDS split is honoured as such (a stream through
@@ -528,7 +289,7 @@ def _batches_for_seed(
     return batches
 
 
-def _skipping(data: schema.DataConfig, steps: _Steps
+def _skipping(data: schema.DataConfig, steps: Steps
               ) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
     """With ``bad_images: skip``, a stage that decodes files drops the examples whose
     file fails to decode after all (a corrupt middle passes the header checks),
@@ -563,7 +324,7 @@ def _decodes_itself(source: Source, data: schema.DataConfig) -> bool:
     feature = source.builder.info.features[data.input_key]
     if not isinstance(feature, tfds.features.Image):
         return True
-    first = _Steps(data, training=False, channels=None).geometry[:1]
+    first = Steps(data, training=False, channels=None).geometry[:1]
     crops = any(isinstance(s, schema.RandomResizedCrop) for s in data.augmentation) or \
         bool(first and isinstance(first[0], schema.CenterCrop) and first[0].crop_fraction)
     return not crops
@@ -572,7 +333,7 @@ def _decodes_itself(source: Source, data: schema.DataConfig) -> bool:
 _SPLITS: dict[tuple, _Split] = {}
 
 
-def _split(source: Source, data: schema.DataConfig, split: str, steps: _Steps) -> _Split:
+def _split(source: Source, data: schema.DataConfig, split: str, steps: Steps) -> _Split:
     """The split's fixed stage (memoized per process): cached in memory where
     ``data.cache`` says so, as two tensors where its examples share a shape."""
     key = (id(source), split, steps.training, steps.channels,
@@ -599,7 +360,7 @@ def _split(source: Source, data: schema.DataConfig, split: str, steps: _Steps) -
     return _SPLITS[key]
 
 
-def _shuffled_files(source: Source, data: schema.DataConfig, split: str, steps: _Steps
+def _shuffled_files(source: Source, data: schema.DataConfig, split: str, steps: Steps
                     ) -> Callable[[Any], tf.data.Dataset] | None:
     """``seed -> examples`` of a TFDS split stored in several TFRecord files, the files
     read in an order drawn from ``seed`` (interleaved, as TFDS's ``shuffle_files``), so
@@ -635,7 +396,7 @@ def _shuffled_files(source: Source, data: schema.DataConfig, split: str, steps: 
 
 
 def _stored(source: Source, data: schema.DataConfig, split: str,
-            steps: _Steps) -> tf.data.Dataset:
+            steps: Steps) -> tf.data.Dataset:
     """The split's examples after the fixed stage, in stored order.
 
     Files are read in their stored order (not shuffled): a cache's content, and so
@@ -673,7 +434,7 @@ def _held(ds: tf.data.Dataset, count: int, cache: bool, what: str) -> _Split:
     return _Split(count, stream=ds)
 
 
-def _cache_decision(source: Source, data: schema.DataConfig, split: str, steps: _Steps,
+def _cache_decision(source: Source, data: schema.DataConfig, split: str, steps: Steps,
                     count: int) -> bool:
     """``data.cache``; for ``auto``, whether the fixed stage's output fits the budget
     (decoded images; encoded files where a random crop decodes them each epoch)."""
@@ -690,11 +451,11 @@ def _cache_decision(source: Source, data: schema.DataConfig, split: str, steps: 
     return False
 
 
-def _held_bytes(source: Source, data: schema.DataConfig, split: str, steps: _Steps,
+def _held_bytes(source: Source, data: schema.DataConfig, split: str, steps: Steps,
                 count: int) -> int | None:
     """What the fixed stage of ``split`` takes in memory, or None where unknown."""
     if steps.crop is None:
-        shape = _model_input_shape(source.info, data)
+        shape = model_input_shape(source.info, data)
         if None in shape:
             return None
         return count * math.prod(shape) * 4  # float32
