@@ -17,8 +17,10 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     Warm-up rises linearly from ``initial / warmup_steps`` to ``initial``; then:
     constant; exponential ``initial * decay_rate^(t / decay_epochs)``; piecewise
-    constant over epoch ``boundaries``; cosine from ``initial`` to ``alpha * initial``
-    over the remaining epochs (``t`` in epochs after warm-up).
+    constant over epoch ``boundaries``; cosine, or linear, from ``initial`` to
+    ``alpha * initial`` over the remaining epochs (``t`` in epochs after warm-up; with
+    ``per: epoch``, whole epochs: ``t`` rounded down, the rate held through each epoch,
+    e.g. ReActNet's ``initial * (1 - epoch / epochs)``).
 
     ``schedule`` is a complete, validated ``training.learning_rate`` mapping (every key of
     :class:`~bnn_cli.config.schema.Schedule`, as its ``model_dump()`` gives): the config
@@ -36,6 +38,8 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         spe = float(max(self.steps_per_epoch, 1))
         warmup = s.warmup_epochs * spe
         t = tf.maximum(step - warmup, 0.0) / spe  # epochs after warm-up
+        if getattr(s, "per", "step") == "epoch":  # (older files have no "per")
+            t = tf.floor(t)
         if s.type == "exponential":
             lr = s.initial * tf.pow(s.decay_rate, t / s.decay_epochs)
         elif s.type == "piecewise":
@@ -43,10 +47,11 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
             lr = tf.constant(values[-1], tf.float32)
             for boundary, value in reversed(list(zip(s.boundaries, values, strict=False))):
                 lr = tf.where(step / spe < boundary, value, lr)
-        elif s.type == "cosine":
+        elif s.type in ("cosine", "linear"):
             span = max(self.total_epochs - s.warmup_epochs, 1e-9)
-            cosine = 0.5 * (1 + tf.cos(math.pi * tf.minimum(t / span, 1.0)))
-            lr = s.initial * (s.alpha + (1 - s.alpha) * cosine)
+            done = tf.minimum(t / span, 1.0)
+            left = 1 - done if s.type == "linear" else 0.5 * (1 + tf.cos(math.pi * done))
+            lr = s.initial * (s.alpha + (1 - s.alpha) * left)
         else:
             lr = tf.constant(s.initial, tf.float32)
         if warmup > 0:

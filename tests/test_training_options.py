@@ -131,3 +131,20 @@ def test_jit_compile_switch_reaches_the_training_step(tmp_path, monkeypatch):
     assert main(["train", str(QUICKSTART), *TINY, "runtime.jit_compile=true",
                  "--output", str(tmp_path / "xla")]) == 0
     assert math.isfinite(_rows(tmp_path / "xla")[-1]["loss"])
+
+
+def test_linear_decay_per_step_and_per_epoch():
+    """Bi-Real Net's linear decay to 0 per step, and ReActNet's and AdamBNN's
+    ``initial * (1 - epoch / epochs)``, held through each epoch."""
+    linear = {"type": "linear", "initial": 1.0}
+    assert [lr_at(linear, e) for e in (0, 2.5, 5, 10)] == pytest.approx([1.0, 0.75, 0.5, 0.0])
+    per_epoch = {**linear, "per": "epoch"}
+    assert [lr_at(per_epoch, e) for e in (0, 0.9, 1, 2.5, 9.9)] == pytest.approx(
+        [1.0, 1.0, 0.9, 0.8, 0.1])
+    assert lr_at({**linear, "alpha": 0.2}, 5) == pytest.approx(0.2 + 0.8 * 0.5)
+    warm = {**linear, "warmup_epochs": 2}
+    assert lr_at(warm, 1) == pytest.approx(11 / 20)  # warm-up, then decay over 8 epochs
+    assert lr_at(warm, 6) == pytest.approx(0.5)
+    cosine_per_epoch = {"type": "cosine", "initial": 1.0, "per": "epoch"}
+    assert lr_at(cosine_per_epoch, 5.5) == pytest.approx(lr_at({"type": "cosine",
+                                                                "initial": 1.0}, 5))

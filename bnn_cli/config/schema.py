@@ -292,14 +292,17 @@ class ModelConfig(Strict):
 class Schedule(Strict):
     """A learning-rate schedule over epochs, with optional linear warm-up."""
 
-    type: Literal["constant", "exponential", "piecewise", "cosine"] = "constant"
+    type: Literal["constant", "exponential", "piecewise", "cosine", "linear"] = "constant"
     initial: float = Field(default=1e-3, gt=0)
     decay_rate: float = Field(default=0.96, gt=0)  # exponential: lr * rate^(epoch/steps)
     decay_epochs: float = Field(default=1.0, gt=0)
     boundaries: list[int] = Field(default_factory=list)  # piecewise: epoch boundaries
     values: list[float] = Field(default_factory=list)  # piecewise: len(boundaries) + 1
-    alpha: float = Field(default=0.0, ge=0)  # cosine: final lr as a fraction of initial
+    alpha: float = Field(default=0.0, ge=0)  # cosine, linear: final lr / initial
     warmup_epochs: float = Field(default=0.0, ge=0)
+    # step: a new rate every step; epoch: each epoch's rate held through it, as a
+    # PyTorch scheduler stepped once an epoch (ReActNet's and AdamBNN's linear decay).
+    per: Literal["step", "epoch"] = "step"
 
 
 class OptimizerSpec(Component):
