@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bnn_cli._keras import tf
 from bnn_cli.assemble.model import build_optimizer
 from bnn_cli.cli import main
 from bnn_cli.config.schema import Schedule, TrainingConfig
@@ -148,3 +149,37 @@ def test_linear_decay_per_step_and_per_epoch():
     cosine_per_epoch = {"type": "cosine", "initial": 1.0, "per": "epoch"}
     assert lr_at(cosine_per_epoch, 5.5) == pytest.approx(lr_at({"type": "cosine",
                                                                 "initial": 1.0}, 5))
+
+
+def test_each_case_group_follows_its_own_schedule():
+    """QuickNet's recipe: Adam on the binary kernels and SGD on the rest, each with its
+    own cosine schedule and warm-up (max 1e-2 and 0.1)."""
+    from bnn_cli.optimizers import CaseOptimizer
+
+    adam = {"type": "cosine", "initial": 0.01, "warmup_epochs": 1}
+    sgd = {"type": "cosine", "initial": 0.1, "warmup_epochs": 2}
+    training = TrainingConfig(epochs=10, learning_rate=0.5, optimizer={
+        "type": "case", "binary": {"type": "Adam", "learning_rate": adam},
+        "default": {"type": "SGD", "momentum": 0.9, "learning_rate": sgd}})
+    opt = build_optimizer(training, 10)
+    assert isinstance(opt, CaseOptimizer)
+    binary, default = opt.optimizers
+    assert default.get_config()["momentum"] == pytest.approx(0.9)
+    weights = [tf.Variable(1.0), tf.Variable(1.0)]
+    seen: dict[str, list[float]] = {"binary": [], "default": []}
+    for _ in range(25):  # steps; the rate each group used at each (Keras records it)
+        for name, group, w in (("binary", binary, weights[0]),
+                               ("default", default, weights[1])):
+            group.apply_gradients([(tf.constant(0.1), w)])
+            seen[name].append(float(group.learning_rate))
+    assert seen["binary"] == pytest.approx([lr_at(adam, s / 10) for s in range(25)])
+    assert seen["default"] == pytest.approx([lr_at(sgd, s / 10) for s in range(25)])
+
+
+def test_a_bad_schedule_in_a_case_group_is_located(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    code = main(["check", str(QUICKSTART), "training.optimizer={type: case, default: "
+                 "{type: SGD, learning_rate: {type: cosin, initial: 0.1}}}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "training.optimizer.default.learning_rate.type" in err and "cosine" in err

@@ -16,7 +16,7 @@ from bnn_cli._keras import keras, tf
 from bnn_cli.assemble.check import CheckedConfig
 from bnn_cli.config.checks import component_kind, optimizer_class
 from bnn_cli.config.graph import Node
-from bnn_cli.config.schema import Problem, TrainingConfig, ensure_valid
+from bnn_cli.config.schema import Problem, Schedule, TrainingConfig, ensure_valid
 from bnn_cli.errors import UserError, error_text
 from bnn_cli.registry import REGISTRY, NamedActivation
 from bnn_cli.schedules import EpochSchedule
@@ -158,24 +158,33 @@ def build_optimizer(training: TrainingConfig, steps_per_epoch: int) -> Any:
     """The optimizer a config asks for; ``type: case`` pairs one for binary weights
     (``binary:``, e.g. Bop) with one for everything else (``default:``)."""
 
-    lr = learning_rate(training, steps_per_epoch)
     spec = {"type": training.optimizer.type, **training.optimizer.args}
+
+    def make(spec: dict[str, Any], key: str) -> Any:
+        return _optimizer(spec, training, steps_per_epoch, key)
+
     if spec["type"].lower() != "case":
-        return _optimizer(spec, lr, "training.optimizer")
+        return make(spec, "training.optimizer")
     return optimizers.CaseOptimizer(
         (optimizers.Bop.is_binary_variable,
-         _optimizer(spec.get("binary", {"type": "Bop"}), lr, "training.optimizer.binary")),
-        default_optimizer=_optimizer(spec.get("default", {"type": "Adam"}), lr,
-                                     "training.optimizer.default"),
+         make(spec.get("binary", {"type": "Bop"}), "training.optimizer.binary")),
+        default_optimizer=make(spec.get("default", {"type": "Adam"}),
+                               "training.optimizer.default"),
     )
 
 
-def _optimizer(spec: dict[str, Any], lr: Any, key: str) -> Any:
+def _optimizer(spec: dict[str, Any], training: TrainingConfig, steps_per_epoch: int,
+               key: str) -> Any:
+    """One optimizer; its ``learning_rate`` its own (a number or a schedule, as a group
+    of a case optimizer has: QuickNet's Adam and SGD) or ``training.learning_rate``."""
     kind = spec["type"]
     cls = optimizer_class(kind)
     args = {k: v for k, v in spec.items() if k != "type"}
+    if isinstance(args.get("learning_rate"), dict):
+        args["learning_rate"] = EpochSchedule(Schedule(**args["learning_rate"]).model_dump(),
+                                              steps_per_epoch, training.epochs)
     if REGISTRY.find("optimizer", kind) is None:  # Bop has no learning rate
-        args.setdefault("learning_rate", lr)
+        args.setdefault("learning_rate", learning_rate(training, steps_per_epoch))
     try:
         return cls(**args)
     except (TypeError, ValueError) as exc:  # a value the optimizer refuses

@@ -14,10 +14,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
 from bnn_cli._keras import keras
 from bnn_cli.config.argtypes import construction_problem, plain_mismatch
 from bnn_cli.config.graph import Graph, Node, cycles, expand, topological
-from bnn_cli.config.schema import Config, Problem
+from bnn_cli.config.schema import Config, Problem, Schedule
 from bnn_cli.config.source import PathKey
 from bnn_cli.errors import did_you_mean
 from bnn_cli.registry import REGISTRY, Entry, signature_params
@@ -280,9 +282,25 @@ def _optimizer_problems(config: Config, spec: Any, path: PathKey) -> list[Proble
         if arg not in accepted:
             problems.append(config.problem((*path, arg), f"optimizer {kind} has no argument "
                                            f"{arg!r}{did_you_mean(arg, accepted)}", key=True))
+        elif arg == "learning_rate" and isinstance(value, dict):
+            problems += _schedule_problems(config, value, (*path, arg))
         elif message := _value_problem(value):
             problems.append(config.problem((*path, arg), message))
     return problems
+
+
+def _schedule_problems(config: Config, value: dict[str, Any], path: PathKey
+                       ) -> list[Problem]:
+    """An optimizer's own ``learning_rate`` schedule (a group of a case optimizer has
+    its own), checked as ``training.learning_rate`` is: located at its keys."""
+    try:
+        Schedule.model_validate(value)
+    except ValidationError as exc:
+        return [config.problem((*path, *(str(k) for k in err["loc"][:1])),
+                               f"learning-rate schedule: {err['msg'].rstrip('.')}; "
+                               f"e.g. {{type: cosine, initial: 0.01, warmup_epochs: 1}}")
+                for err in exc.errors()]
+    return []
 
 
 def optimizer_class(kind: str) -> type | None:
