@@ -303,3 +303,36 @@ def test_resume_continues_inside_the_interrupted_stage(distilled, tmp_path, monk
     for a, b in zip(got, want, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("start", ["last", "none"])
+def test_a_stage_starts_from_what_its_from_names(tmp_path, capsys, start):
+    """``from: last`` starts from the last epoch of the stage before (kept as the
+    ``start-NAME`` pointer), ``from: none`` from fresh weights. With a learning rate of
+    1e-12 the second stage ends where it started."""
+    from bnn_cli.assemble.job import restore
+    from bnn_cli.deploy.targets import TargetOptions, load_trained
+    from bnn_cli.rundir.run import RunDir
+
+    stages = TWO_STEP.replace("training.learning_rate: 0.002",
+                              "training.learning_rate: 1.0e-12") + f"    from: {start}\n"
+    run = train(write(tmp_path, stages), tmp_path / "runs")
+    err = capsys.readouterr().err
+    job, _, _ = load_trained(run, TargetOptions(checkpoint="last"))
+
+    def kernels() -> list[np.ndarray]:
+        return [layer.kernel.numpy() for layer in job.model.layers if hasattr(layer, "kernel")]
+
+    ended = kernels()
+    folder = RunDir.open(run)
+    if start == "last":
+        assert folder.pointed("start-weights") == "epoch-0002"  # stage 1's last epoch
+        assert "from: last" in err
+        restore(job, folder.load_checkpoint("start-weights"), partial=True)
+        for a, b in zip(ended, kernels(), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+    else:
+        assert folder.pointed("start-weights") is None and "fresh weights" in err
+        restore(job, folder.load_checkpoint("stage-activations"), partial=True)
+        assert not all(np.allclose(a, b, atol=1e-3) for a, b in zip(ended, kernels(),
+                                                                    strict=True))

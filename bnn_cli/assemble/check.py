@@ -49,6 +49,7 @@ class CheckedStage:
     checked: CheckedConfig
     distill: Distill | None = None
     set: dict[str, Any] = field(default_factory=dict)  # what the stage changes
+    start: str = "best"  # the weights it starts from: best, last (of the stage before), none
     teacher_stage: int | None = None  # an earlier stage of the run, or
     teacher_run: RunDir | None = None  # another run directory, with
     teacher_checked: CheckedConfig | None = None  # its config (either way)
@@ -205,7 +206,7 @@ def _check_stages(base: CheckedConfig, path: Path, overrides: list[str],
         except ConfigError as exc:
             raise ConfigError([Problem(p.path, f"in stage {spec.name!r}: {p.message}",
                                        p.location) for p in exc.problems]) from None
-        stage = CheckedStage(i, spec.name, checked, spec.distill, spec.set)
+        stage = CheckedStage(i, spec.name, checked, spec.distill, spec.set, spec.start)
         if spec.distill is not None:
             _resolve_teacher(stage, names, done, config, data_dir)
             problems += staging.distill_problems(config, i, spec.distill, checked.graph,

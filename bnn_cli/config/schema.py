@@ -387,11 +387,14 @@ class Distill(Strict):
 
 class Stage(Strict):
     """One step of a multi-stage recipe: the config with ``set`` applied (``KEY.PATH:
-    VALUE``, as command-line overrides), starting from the weights of the stage before."""
+    VALUE``, as command-line overrides), starting from the weights of the stage before:
+    the checkpoint it selected on validation (``from: best``), its last one (``last``,
+    as ReActNet's step 2 starts), or none (fresh weights)."""
 
     name: Name
     set: dict[str, Any] = Field(default_factory=dict)
     distill: Distill | None = None
+    start: Literal["best", "last", "none"] = Field(default="best", alias="from")
 
 
 class ConfigFile(Strict):

@@ -441,6 +441,11 @@ class Checkpoint:
         return str(self.path / "ckpt")
 
     @property
+    def epoch(self) -> int:
+        """The epoch it was saved after (its folder's number)."""
+        return int(self.path.name.removeprefix("epoch-"))
+
+    @property
     def saved_at(self) -> float:
         """When it was saved (``time.time()``): what was logged later belongs to epochs
         after it. (Older checkpoints lack the field: their manifest's time, written last.)"""

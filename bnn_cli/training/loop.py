@@ -128,16 +128,25 @@ def _train_stage(job: Job, state: LoopState, total: int | None = None) -> TrainR
 
 
 def _next_stage(job: Job, state: LoopState, stages: list[CheckedStage]) -> Job:
-    """Keep what the finished stage selected, then start the next from its weights."""
-    done = stages[state.stage]
+    """Keep what the finished stage selected, then start the next from the weights its
+    ``from`` names: that selection (best), the finished stage's last epoch, or none."""
+    done, start = stages[state.stage], stages[state.stage + 1].start
     job.run.point(stage_pointer(done), state.best_epoch or state.epoch)
-    selected = selected_checkpoint(job.run, done)
-    restore(job, selected, partial=True)
+    begin = None if start == "none" else selected_checkpoint(job.run, done) \
+        if start == "best" else job.run.load_checkpoint("last")
+    if begin is not None:
+        restore(job, begin, partial=True)
+        # (kept, and named: what the next stage started from, as a stage's selection is)
+        job.run.point(f"start-{stages[state.stage + 1].name}", begin.epoch)
     state.next_stage()
     new = stage_job(job.run, stages[state.stage], stages)
+    if begin is None:
+        sys.stderr.write(f"stage {new.stage.name!r} starts from fresh weights (from: none)\n")
+        return new
     carried, fresh = carry_weights(job.model, new.model)
-    sys.stderr.write(f"stage {new.stage.name!r} starts from {selected.path.name}, what "
-                     f"stage {done.name!r} selected ({carried} layers' weights"
+    which = "what" if start == "best" else "the last epoch of"
+    sys.stderr.write(f"stage {new.stage.name!r} starts from {begin.path.name}, {which} "
+                     f"stage {done.name!r} (from: {start}; {carried} layers' weights"
                      + (f"; new: {', '.join(fresh)}" if fresh else "") + ")\n")
     return new
 
@@ -145,7 +154,7 @@ def _next_stage(job: Job, state: LoopState, stages: list[CheckedStage]) -> Job:
 def _write_run_files(run: RunDir, config: Config, overrides: list[str], model: keras.Model,
                      plugins: list[str]) -> None:
     original = flattened_text(config.path) if config.path else ""
-    resolved = {**config.spec.model_dump(mode="json"), "name": config.name}
+    resolved = {**config.spec.model_dump(mode="json", by_alias=True), "name": config.name}
     run.write_config(original, resolved, overrides, plugins)
     lines: list[str] = []
     summary(model, print_fn=lines.append)
