@@ -336,3 +336,32 @@ def test_a_stage_starts_from_what_its_from_names(tmp_path, capsys, start):
         restore(job, folder.load_checkpoint("stage-activations"), partial=True)
         assert not all(np.allclose(a, b, atol=1e-3) for a, b in zip(ended, kernels(),
                                                                     strict=True))
+
+
+def test_the_zoos_attention_loss_against_its_code_in_numpy():
+    """``attention_form: zoo`` is larq_zoo's AttentionMatchingLossLayer (knowledge_
+    distillation.py), transcribed in NumPy: q = mean_c(x^2) flattened / max(q); per
+    pair and example mean((q_s - q_t)^2); the mean over examples and pairs."""
+    import tensorflow as tf
+
+    from bnn_cli.assemble.distillation import attention_loss
+
+    rng = np.random.default_rng(0)
+    students = [rng.normal(size=(3, 4, 5, 6)), rng.normal(size=(3, 2, 2, 8))]
+    teachers = [rng.normal(size=(3, 4, 5, 9)), rng.normal(size=(3, 2, 2, 8))]
+
+    def q(x):
+        area = (x ** 2).mean(-1).reshape(len(x), -1)
+        return area / area.max(-1, keepdims=True)
+
+    per_pair = [((q(s) - q(t)) ** 2).mean(-1) for s, t in zip(students, teachers, strict=True)]
+    expected = np.stack(per_pair, -1).mean()
+    as_tf = [[tf.constant(x, tf.float32) for x in xs] for xs in (students, teachers)]
+    assert float(attention_loss(*as_tf, "zoo")) == pytest.approx(expected, rel=1e-5)
+    def a(x):
+        energy = (x ** 2).sum(-1).reshape(len(x), -1)
+        return energy / np.linalg.norm(energy, axis=-1, keepdims=True)
+
+    paper = sum(np.linalg.norm(a(s) - a(t), axis=-1).mean()
+                for s, t in zip(students, teachers, strict=True))
+    assert float(attention_loss(*as_tf, "paper")) == pytest.approx(paper, rel=1e-5)

@@ -4,9 +4,12 @@ The losses of Real-to-Binary (Martinez et al., 2020) and ReActNet (Liu et al., 2
 
 - soft targets: ``T^2 * KL(softmax(z_t / T) || softmax(z_s / T))`` on the logits ``z``
   (the input of each model's final softmax), temperature ``T``;
-- attention transfer between named layers of equal spatial size:
-  ``|a_s - a_t|_2`` with ``a = normalize(sum_c x_c^2)``, the L2-normalized map of
-  squared activations summed over channels (Zagoruyko & Komodakis, 2017);
+- attention transfer between named layers of equal spatial size, in one of two forms
+  (``attention_form``): the paper's, ``|a_s - a_t|_2`` with ``a = normalize(sum_c
+  x_c^2)``, the L2-normalized map of squared activations summed over channels
+  (Zagoruyko & Komodakis, 2017), summed over the pairs; or the Larq zoo's, the mean
+  squared difference of ``q = mean_c x_c^2 / max(mean_c x_c^2)``, averaged over the
+  pairs (so the zoo's weights, e.g. Real-to-Binary's 30, carry over with it);
 - and the stage's own ``training.loss`` on the labels,
 
 each weighted as the stage's ``distill`` section says. :class:`Distiller` is what
@@ -33,6 +36,27 @@ def attention_map(x: tf.Tensor) -> tf.Tensor:
     """``normalize(sum over channels of x^2)``, flattened per example."""
     energy = tf.reduce_sum(tf.square(tf.cast(x, tf.float32)), axis=-1)
     return tf.math.l2_normalize(tf.reshape(energy, [tf.shape(x)[0], -1]), axis=-1)
+
+
+def zoo_attention_map(x: tf.Tensor) -> tf.Tensor:
+    """The Larq zoo's map: ``mean over channels of x^2``, flattened per example and
+    divided by its maximum."""
+    energy = tf.reduce_mean(tf.square(tf.cast(x, tf.float32)), axis=-1)
+    flat = tf.reshape(energy, [tf.shape(x)[0], -1])
+    return flat / tf.reduce_max(flat, axis=-1, keepdims=True)
+
+
+def attention_loss(student_maps: list[tf.Tensor], teacher_maps: list[tf.Tensor],
+                   form: str) -> tf.Tensor:
+    """The attention term over the layer pairs, in the paper's form or the zoo's."""
+    if not student_maps:
+        return tf.constant(0.0)
+    pairs = list(zip(student_maps, teacher_maps, strict=True))
+    if form == "zoo":  # per pair and example: the mean squared difference; then the mean
+        return tf.reduce_mean(tf.stack([tf.reduce_mean(tf.square(
+            zoo_attention_map(s) - zoo_attention_map(t)), axis=-1) for s, t in pairs], -1))
+    return tf.add_n([tf.reduce_mean(tf.norm(attention_map(s) - attention_map(t), axis=-1))
+                     for s, t in pairs])
 
 
 def soft_target_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor,
@@ -88,9 +112,7 @@ class Distiller(keras.Model):
             probs = tf.nn.softmax(student_logits)
             label = tf.reduce_mean(self.label_loss(y, probs))
             soft = soft_target_loss(teacher_logits, student_logits, spec.temperature)
-            attention = tf.add_n([tf.reduce_mean(tf.norm(
-                attention_map(s) - attention_map(t), axis=-1))
-                for s, t in zip(student_maps, teacher_maps, strict=True)] or [0.0])
+            attention = attention_loss(student_maps, teacher_maps, spec.attention_form)
             total = (spec.label_weight * label + spec.kd_weight * soft
                      + spec.attention_weight * attention + tf.add_n(self.student.losses
                                                                     or [0.0]))

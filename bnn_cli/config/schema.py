@@ -375,7 +375,9 @@ class Distill(Strict):
     """Learn from a teacher: loss = label_weight * training.loss(labels)
     + kd_weight * T^2 * KL(softmax(teacher/T) || softmax(student/T))
     + attention_weight * sum over pairs of |a_s - a_t|_2, with a = the L2-normalized
-    map of squared activations summed over channels."""
+    map of squared activations summed over channels (``attention_form: paper``); or
+    the Larq zoo's form (``zoo``): the mean over pairs of the mean squared difference
+    of the max-normalized maps of mean squared activations."""
 
     teacher: str  # an earlier stage of this run, or a run directory
     temperature: float = Field(default=1.0, gt=0)
@@ -383,6 +385,7 @@ class Distill(Strict):
     label_weight: float = Field(default=1.0, ge=0)
     attention: list[AttentionPair] = Field(default_factory=list)
     attention_weight: float = Field(default=1.0, ge=0)
+    attention_form: Literal["paper", "zoo"] = "paper"
 
 
 class Stage(Strict):
