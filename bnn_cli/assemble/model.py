@@ -180,12 +180,53 @@ def _optimizer(spec: dict[str, Any], training: TrainingConfig, steps_per_epoch: 
     kind = spec["type"]
     cls = optimizer_class(kind)
     args = {k: v for k, v in spec.items() if k != "type"}
+    rates = args.pop("weight_decay") if isinstance(args.get("weight_decay"), dict) else None
+    if rates is not None:
+        cls = _decaying_by_kind(cls)
     if isinstance(args.get("learning_rate"), dict):
         args["learning_rate"] = EpochSchedule(Schedule(**args["learning_rate"]).model_dump(),
                                               steps_per_epoch, training.epochs)
     if REGISTRY.find("optimizer", kind) is None:  # Bop has no learning rate
         args.setdefault("learning_rate", learning_rate(training, steps_per_epoch))
     try:
-        return cls(**args)
+        optimizer = cls(**args)
     except (TypeError, ValueError) as exc:  # a value the optimizer refuses
         raise UserError(f"{key}: {kind}: {exc}") from None
+    if rates is not None:
+        optimizer.decay_rates = {k: float(v) for k, v in rates.items() if v}
+    return optimizer
+
+
+def weight_kind(variable: tf.Variable) -> str:
+    """Which of :data:`~bnn_cli.config.schema.WEIGHT_KINDS` a variable is."""
+    if optimizers.Bop.is_binary_variable(variable):
+        return "binary_kernels"
+    name = variable.name.split("/")[-1].split(":")[0]
+    if name in ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings"):
+        return "kernels"
+    if name in ("gamma", "beta"):
+        return "norms"
+    return "biases" if name == "bias" else "shifts"
+
+
+def _decaying_by_kind(cls: type) -> type:
+    """``cls`` with decoupled weight decay at a rate per kind of variable: after each
+    step's gradients, ``w -= learning_rate * rate * w`` (AdamW's decay, which Keras's
+    optimizers apply at one rate to every variable)."""
+
+    def _apply_weight_decay(self: Any, variables: list[tf.Variable]) -> None:
+        def apply(distribution: Any, variables: list[tf.Variable]) -> None:
+            for variable in variables:
+                rate = self.decay_rates.get(weight_kind(variable))
+                if rate:
+                    def decay(v: tf.Variable, rate: float = rate) -> None:
+                        lr = tf.cast(self.learning_rate, v.dtype)
+                        v.assign_sub(v * tf.cast(rate, v.dtype) * lr)
+
+                    distribution.extended.update(variable, decay, group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            apply, self._distribution_strategy, variables)
+
+    return type(cls.__name__, (cls,), {"_apply_weight_decay": _apply_weight_decay,
+                                       "decay_rates": {}})

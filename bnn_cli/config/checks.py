@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from bnn_cli._keras import keras
 from bnn_cli.config.argtypes import construction_problem, plain_mismatch
 from bnn_cli.config.graph import Graph, Node, cycles, expand, topological
-from bnn_cli.config.schema import Config, Problem, Schedule
+from bnn_cli.config.schema import WEIGHT_KINDS, Config, Problem, Schedule
 from bnn_cli.config.source import PathKey
 from bnn_cli.errors import did_you_mean
 from bnn_cli.registry import REGISTRY, Entry, signature_params
@@ -284,8 +284,25 @@ def _optimizer_problems(config: Config, spec: Any, path: PathKey) -> list[Proble
                                            f"{arg!r}{did_you_mean(arg, accepted)}", key=True))
         elif arg == "learning_rate" and isinstance(value, dict):
             problems += _schedule_problems(config, value, (*path, arg))
+        elif arg == "weight_decay" and isinstance(value, dict):
+            problems += _decay_problems(config, value, (*path, arg))
         elif message := _value_problem(value):
             problems.append(config.problem((*path, arg), message))
+    return problems
+
+
+def _decay_problems(config: Config, value: dict[str, Any], path: PathKey) -> list[Problem]:
+    """``weight_decay: {KIND: RATE}``: known kinds, rates >= 0."""
+    problems = []
+    for kind, rate in value.items():
+        if kind not in WEIGHT_KINDS:
+            problems.append(config.problem(
+                (*path, kind), f"unknown kind of weight {kind!r}"
+                f"{did_you_mean(str(kind), WEIGHT_KINDS)}; the kinds are "
+                f"{', '.join(WEIGHT_KINDS)}", key=True))
+        elif isinstance(rate, bool) or not isinstance(rate, int | float) or rate < 0:
+            problems.append(config.problem((*path, kind), f"a decay rate is a number >= 0, "
+                                                          f"not {rate!r}"))
     return problems
 
 

@@ -305,6 +305,12 @@ class Schedule(Strict):
     per: Literal["step", "epoch"] = "step"
 
 
+WEIGHT_KINDS = ("binary_kernels", "kernels", "norms", "biases", "shifts")
+"""The kinds of trainable variable an optimizer's ``weight_decay: {KIND: RATE}`` names:
+binary layers' latent kernels, other kernels (and embeddings), normalization layers'
+scales and offsets, biases, and everything else (learned shifts and slopes, RPReLU's)."""
+
+
 class OptimizerSpec(Component):
     """``{type: Adam, ...}``; ``{type: case, binary: {...}, default: {...}}`` pairs Bop
     (or any optimizer) for binary latent weights with another for the rest."""
