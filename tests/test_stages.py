@@ -112,6 +112,8 @@ def test_a_bad_value_in_a_stage_is_reported_at_its_line(tmp_path, capsys):
      "in stage 'weights'"),
     (TWO_STEP.replace("model.defaults.QuantDense.kernel_constraint", "model.nothing.x"),
      "stages[0].set"),
+    (TWO_STEP + "    frm: last\n", "stages[1].frm: unknown key 'frm'; did you mean 'from'?"),
+    (TWO_STEP + "    from: lst\n", "stages[1].from: Input should be 'best', 'last' or 'none'"),
 ])
 def test_stage_mistakes(tmp_path, capsys, stages, message):
     err = _error(capsys, write(tmp_path, stages))

@@ -545,8 +545,9 @@ def _known_keys(loc: tuple) -> set[str]:
                 else:
                     nxt.append(inner)  # list index / dict key / union tag: stay put
         candidates = nxt or candidates
-    return {name for tp in candidates for inner in _unwrap(tp) if _is_model(inner)
-            for name in inner.model_fields}
+    # (as the file spells them: a field's alias, e.g. a stage's `from`)
+    return {field.alias or name for tp in candidates for inner in _unwrap(tp)
+            if _is_model(inner) for name, field in inner.model_fields.items()}
 
 
 def _is_model(tp: Any) -> bool:
