@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class UserError(Exception):
@@ -37,6 +37,13 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     if not close and len(name) >= 3:  # an abbreviation: 'clip' for 'clip_value'
         close = sorted((k for k in by_lower if k.startswith(name.lower())), key=len)[:1]
     return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
+def listed(items: Sequence[str], limit: int = 5, sep: str = ", ") -> str:
+    """The first ``limit`` items joined by ``sep``, and how many more there are: a long
+    list of files in a message names a few and counts the rest."""
+    more = f"{sep}and {len(items) - limit} more" if len(items) > limit else ""
+    return sep.join(items[:limit]) + more
 
 
 def error_text(exc: Exception) -> str:

@@ -119,6 +119,11 @@ def check_training_step(job: Job) -> None:
                         "(data.one_hot)") from None
 
 
+def start_pointer(stage: CheckedStage) -> str:
+    """The checkpoint pointer that keeps what a stage started from (its ``from``)."""
+    return f"start-{stage.name}"
+
+
 def stage_pointer(stage: CheckedStage) -> str:
     """The checkpoint pointer that keeps what a finished stage selected."""
     return f"stage-{stage.name}"

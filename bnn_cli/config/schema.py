@@ -41,7 +41,8 @@ class Strict(BaseModel):
     """Unknown keys are errors: a typo must never pass silently. So are NaN and
     infinity, which no setting means."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # A field with an alias (a stage's ``from``) is written back as the file spells it.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, serialize_by_alias=True)
 
 
 # A run or model name: one folder name, and a valid TensorFlow name scope.

@@ -31,13 +31,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from bnn_cli.errors import UserError
+from bnn_cli.errors import UserError, listed
 
 SPLIT_LAYOUT_MARKER = "train"
 DECODABLE = {"JPEG": "jpeg", "PNG": "png", "GIF": "gif", "BMP": "bmp"}
 """PIL's names of the formats ``tf.io.decode_image`` reads."""
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-SHOWN = 5  # bad files named in an error; the rest are counted
 PIL_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 """PIL refuses to open an image of more pixels (a decompression bomb) at all."""
 
@@ -89,7 +88,7 @@ class Folder:
         return next(iter(sizes)) if len(sizes) == 1 else None
 
 
-def is_dataset_folder(path: Path) -> bool:
+def is_image_folder(path: Path) -> bool:
     """A folder of class folders, or of split folders of class folders."""
     return path.is_dir() and not (path / "dataset_info.json").exists()
 
@@ -215,8 +214,7 @@ def _complete(path: str, kind: str, size: int) -> bool:
 
 
 def _bad_files_message(root: Path, bad: list[BadFile], total: int) -> str:
-    shown = "; ".join(f"{b.path}: {b.reason}" for b in bad[:SHOWN])
-    more = f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
-    return (f"{root}: {len(bad)} of {total} files cannot be used as images: {shown}{more}. "
+    shown = listed([f"{b.path}: {b.reason}" for b in bad], sep="; ")
+    return (f"{root}: {len(bad)} of {total} files cannot be used as images: {shown}. "
             "Remove or replace them, or set data.bad_images: skip to leave them out "
             "(they are counted and reported)")

@@ -57,7 +57,7 @@ from bnn_cli.data.sources import (
     resolve_data_dir,
 )
 from bnn_cli.data.steps import Steps, fill_value, model_input_shape
-from bnn_cli.errors import UserError, error_text
+from bnn_cli.errors import UserError, error_text, listed
 
 __all__ = ["DataInfo", "DataKeyError", "DatasetNameError", "dataset_info", "dataset_options",
            "dataset_path", "decoding_failure", "epoch_seed", "load_split", "open_source",
@@ -182,8 +182,7 @@ def decoding_failure(source: Source, splits: list[str], message: str) -> str | N
         return None
     sys.stderr.write("an image failed to decode; looking for it...\n")
     bad = _undecodable_files(source, splits)
-    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    which = f"image file(s) that do not decode: {', '.join(bad[:5])}{more}" if bad \
+    which = f"image file(s) that do not decode: {listed(bad)}" if bad \
         else "an image of the dataset does not decode"
     return (f"{which} ({message}). Remove or replace the file, or set data.bad_images: "
             "skip to leave out what fails to decode")
@@ -324,10 +323,8 @@ def _decodes_itself(source: Source, data: schema.DataConfig) -> bool:
     feature = source.builder.info.features[data.input_key]
     if not isinstance(feature, tfds.features.Image):
         return True
-    first = Steps(data, training=False, channels=None).geometry[:1]
-    crops = any(isinstance(s, schema.RandomResizedCrop) for s in data.augmentation) or \
-        bool(first and isinstance(first[0], schema.CenterCrop) and first[0].crop_fraction)
-    return not crops
+    crops = any(isinstance(s, schema.RandomResizedCrop) for s in data.augmentation)
+    return not crops and Steps(data, training=False, channels=None).window is None
 
 
 _SPLITS: dict[tuple, _Split] = {}
@@ -343,9 +340,7 @@ def _split(source: Source, data: schema.DataConfig, split: str, steps: Steps) ->
         count = source.info.num_examples(split)
         cache = _cache_decision(source, data, split, steps, count)
         if source.folder is not None and not cache:
-            files = source.files(split)
-            _SPLITS[key] = _Split(count, tf.constant([f.path for f in files]),
-                                  tf.constant([f.label for f in files], tf.int64), paths=True)
+            _SPLITS[key] = _Split(count, *_file_tensors(source, split), paths=True)
         else:
             ds = _stored(source, data, split, steps)
             try:
@@ -376,8 +371,7 @@ def _shuffled_files(source: Source, data: schema.DataConfig, split: str, steps: 
     names = tf.constant([p.filename for p in parts])
     skips = tf.constant([p.skip for p in parts], tf.int64)
     takes = tf.constant([p.take for p in parts], tf.int64)
-    decoders = None if steps.channels is None else \
-        {data.input_key: tfds.decode.SkipDecoding()}
+    decoders = _decoders(data, steps)
 
     def part(i: tf.Tensor) -> tf.data.Dataset:
         return tf.data.TFRecordDataset(names[i]).skip(skips[i]).take(takes[i])
@@ -395,6 +389,18 @@ def _shuffled_files(source: Source, data: schema.DataConfig, split: str, steps: 
     return read
 
 
+def _decoders(data: schema.DataConfig, steps: Steps) -> dict[str, Any] | None:
+    """TFDS's decoders: none, or the image handed over encoded where the steps decode it."""
+    return None if steps.channels is None else {data.input_key: tfds.decode.SkipDecoding()}
+
+
+def _file_tensors(source: Source, split: str) -> Pair:
+    """A folder split's file paths and labels, as two tensors."""
+    files = source.files(split)
+    return (tf.constant([f.path for f in files]),
+            tf.constant([f.label for f in files], tf.int64))
+
+
 def _stored(source: Source, data: schema.DataConfig, split: str,
             steps: Steps) -> tf.data.Dataset:
     """The split's examples after the fixed stage, in stored order.
@@ -403,15 +409,11 @@ def _stored(source: Source, data: schema.DataConfig, split: str,
     every later seeded shuffle, must not depend on which epoch first filled it.
     """
     if source.folder is not None:
-        files = source.files(split)
-        pairs = tf.data.Dataset.from_tensor_slices(
-            ([f.path for f in files], tf.constant([f.label for f in files], tf.int64)))
+        pairs = tf.data.Dataset.from_tensor_slices(_file_tensors(source, split))
         pairs = pairs.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=AUTOTUNE)
     else:
-        decoders = None if steps.channels is None else \
-            {data.input_key: tfds.decode.SkipDecoding()}
         pairs = source.builder.as_dataset(
-            split=split, shuffle_files=False, decoders=decoders,
+            split=split, shuffle_files=False, decoders=_decoders(data, steps),
             # Our own cache sits after the fixed stage; TFDS's would hold raw copies.
             read_config=tfds.ReadConfig(try_autocache=False),
         ).map(lambda ex: (ex[data.input_key], ex[data.label_key]))

@@ -32,7 +32,7 @@ from tensorflow_datasets.core.utils import file_utils
 
 from bnn_cli.config import schema
 from bnn_cli.data import digits
-from bnn_cli.data.folder import Folder, ImageFile, is_dataset_folder, scan
+from bnn_cli.data.folder import Folder, ImageFile, is_image_folder, scan
 from bnn_cli.errors import UserError, did_you_mean
 
 EMBEDDED_DATASETS = frozenset({digits.NAME})
@@ -134,7 +134,7 @@ def open_source(data: schema.DataConfig, data_dir: str | None) -> Source:
     if key not in _SOURCES:
         if path is None:
             source = _tfds_source(_open_builder(data, data_dir), data, "tfds")
-        elif is_dataset_folder(path):
+        elif is_image_folder(path):
             source = _folder_source(path, data)
         else:
             source = _tfds_source(_open_directory(path, data), data, "tfds_directory")

@@ -69,6 +69,14 @@ class Steps:
 
         return random
 
+    @property
+    def window(self) -> schema.CenterCrop | None:
+        """The first geometric step where it is a centre crop by fraction: then an
+        encoded JPEG is decoded only inside its window."""
+        first = self.geometry[0] if self.geometry else None
+        crops = isinstance(first, schema.CenterCrop) and first.crop_fraction
+        return first if crops else None
+
     def fixed(self, raw: Any) -> Any:
         """Stage 1: decoded and preprocessed; with a random crop to come, raw as read.
         After a crop that decodes only its window (and resizes), per-pixel steps run as
@@ -78,8 +86,8 @@ class Steps:
         steps = list(self.geometry)
         if self.channels is None:
             image = raw
-        elif steps and isinstance(steps[0], schema.CenterCrop) and steps[0].crop_fraction:
-            first = steps.pop(0)  # decode only its window
+        elif (first := self.window) is not None:
+            steps.pop(0)  # decode only its window
             window = images.center_window(first.height, first.width, first.crop_fraction)
             image = images.decode_window(raw, self.channels, window)
             image = images.resize(image, first.height, first.width, first.method)

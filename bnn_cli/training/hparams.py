@@ -63,7 +63,7 @@ def write_hparams(run: Any, config: Any, overrides: list[str]) -> None:
         from tensorboard.plugins.hparams import api as hp
 
 
-        resolved = config.spec.model_dump(mode="json", by_alias=True)
+        resolved = config.spec.model_dump(mode="json")
         resolved["name"] = config.name
         values = hparams_of(resolved, overrides)
         writer = tf.summary.create_file_writer(str(run.file("tensorboard")))

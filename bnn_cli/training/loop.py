@@ -33,6 +33,7 @@ from bnn_cli.assemble.job import (
     selected_checkpoint,
     stage_job,
     stage_pointer,
+    start_pointer,
 )
 from bnn_cli.config.schema import Config
 from bnn_cli.config.source import flattened_text
@@ -130,14 +131,17 @@ def _train_stage(job: Job, state: LoopState, total: int | None = None) -> TrainR
 def _next_stage(job: Job, state: LoopState, stages: list[CheckedStage]) -> Job:
     """Keep what the finished stage selected, then start the next from the weights its
     ``from`` names: that selection (best), the finished stage's last epoch, or none."""
-    done, start = stages[state.stage], stages[state.stage + 1].start
+    done, following = stages[state.stage], stages[state.stage + 1]
+    start = following.start
     job.run.point(stage_pointer(done), state.best_epoch or state.epoch)
-    begin = None if start == "none" else selected_checkpoint(job.run, done) \
-        if start == "best" else job.run.load_checkpoint("last")
+    begin = None
+    if start == "best":
+        begin = selected_checkpoint(job.run, done)
+    elif start == "last":
+        begin = job.run.load_checkpoint("last")
     if begin is not None:
         restore(job, begin, partial=True)
-        # (kept, and named: what the next stage started from, as a stage's selection is)
-        job.run.point(f"start-{stages[state.stage + 1].name}", begin.epoch)
+        job.run.point(start_pointer(following), begin.epoch)  # (kept, and named)
     state.next_stage()
     new = stage_job(job.run, stages[state.stage], stages)
     if begin is None:
@@ -154,7 +158,7 @@ def _next_stage(job: Job, state: LoopState, stages: list[CheckedStage]) -> Job:
 def _write_run_files(run: RunDir, config: Config, overrides: list[str], model: keras.Model,
                      plugins: list[str]) -> None:
     original = flattened_text(config.path) if config.path else ""
-    resolved = {**config.spec.model_dump(mode="json", by_alias=True), "name": config.name}
+    resolved = {**config.spec.model_dump(mode="json"), "name": config.name}
     run.write_config(original, resolved, overrides, plugins)
     lines: list[str] = []
     summary(model, print_fn=lines.append)
