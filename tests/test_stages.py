@@ -105,7 +105,7 @@ def test_a_bad_value_in_a_stage_is_reported_at_its_line(tmp_path, capsys):
      "a stage named 'activations' comes earlier"),
     (TWO_STEP + "    distill: {teacher: weights}\n", "is this stage or a later one"),
     (TWO_STEP + "    distill: {teacher: nowhere}\n",
-     "is neither an earlier stage of this config nor a run directory"),
+     "is neither an earlier stage of this config, a run directory nor a Keras model file"),
     (DISTILLED.replace("student: quant_conv2d_2", "student: quant_conv2d_9"),
      "the student model has no layer 'quant_conv2d_9'"),
     (TWO_STEP.replace("set: {training.epochs: 2", "set: {training.epochz: 2"),

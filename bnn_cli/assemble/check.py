@@ -18,7 +18,7 @@ from typing import Any
 
 from bnn_cli._keras import tf
 from bnn_cli.assemble import strategy as distribute
-from bnn_cli.assemble.vetting import refuse_run_plugins
+from bnn_cli.assemble.vetting import load_vetted_model, refuse_run_plugins
 from bnn_cli.config import stages as staging
 from bnn_cli.config.checks import graph_problems, training_problems
 from bnn_cli.config.graph import Graph
@@ -31,6 +31,7 @@ from bnn_cli.config.schema import (
     Distill,
     ModelConfig,
     Problem,
+    Teacher,
     ensure_valid,
     load_config,
 )
@@ -50,9 +51,18 @@ class CheckedStage:
     distill: Distill | None = None
     set: dict[str, Any] = field(default_factory=dict)  # what the stage changes
     start: str = "best"  # the weights it starts from: best, last (of the stage before), none
-    teacher_stage: int | None = None  # an earlier stage of the run, or
-    teacher_run: RunDir | None = None  # another run directory, with
-    teacher_checked: CheckedConfig | None = None  # its config (either way)
+    teachers: list[CheckedTeacher] = field(default_factory=list)  # if it distills
+
+
+@dataclass
+class CheckedTeacher:
+    """One teacher of a distilling stage, resolved and checked."""
+
+    spec: Teacher
+    stage: int | None = None  # an earlier stage of the run, or
+    run: RunDir | None = None  # another run directory, with
+    checked: CheckedConfig | None = None  # its config (either way); or
+    file: Path | None = None  # a Keras model file, vetted and loaded once to check it
 
 
 @dataclass
@@ -208,28 +218,53 @@ def _check_stages(base: CheckedConfig, path: Path, overrides: list[str],
                                        p.location) for p in exc.problems]) from None
         stage = CheckedStage(i, spec.name, checked, spec.distill, spec.set, spec.start)
         if spec.distill is not None:
-            _resolve_teacher(stage, names, done, config, data_dir)
-            problems += staging.distill_problems(config, i, spec.distill, checked.graph,
-                                                 stage.teacher_checked.graph)
+            stage.teachers = [_resolve_teacher(stage, k, names, done, config, data_dir)
+                              for k in range(len(spec.distill.teachers))]
+            problems += staging.distill_problems(
+                config, i, spec.distill, checked.graph,
+                [t.checked.graph if t.checked else None for t in stage.teachers])
         done.append(stage)
     ensure_valid(problems)
     return done
 
 
-def _resolve_teacher(stage: CheckedStage, names: list[str], done: list[CheckedStage],
-                     config: Config, data_dir: str | None) -> None:
-    teacher = stage.distill.teacher
-    if teacher in names[:stage.index]:
-        stage.teacher_stage = names.index(teacher)
-        stage.teacher_checked = done[stage.teacher_stage].checked
-    elif teacher in names:
+def _resolve_teacher(stage: CheckedStage, k: int, names: list[str],
+                     done: list[CheckedStage], config: Config,
+                     data_dir: str | None) -> CheckedTeacher:
+    spec = stage.distill.teachers[k]
+    where = staging.teacher_path(stage.index, stage.distill, k)
+    if spec.model in names[:stage.index]:
+        index = names.index(spec.model)
+        return CheckedTeacher(spec, stage=index, checked=done[index].checked)
+    if spec.model in names:
         ensure_valid([config.problem(
-            ("stages", stage.index, "distill", "teacher"),
-            f"the teacher {teacher!r} is this stage or a later one; a stage learns from a "
-            "stage that ran before it (or from a run directory)")])
-    else:
-        stage.teacher_run = staging.teacher_run(config, stage.index, stage.distill)
-        stage.teacher_checked = check_teacher_run(stage.teacher_run, data_dir)
+            where, f"the teacher {spec.model!r} is this stage or a later one; a stage "
+            "learns from a stage that ran before it (or from a run directory or a model "
+            "file)")])
+    found = staging.teacher_source(config, stage.index, stage.distill, k)
+    if isinstance(found, RunDir):
+        return CheckedTeacher(spec, run=found, checked=check_teacher_run(found, data_dir))
+    _check_teacher_file(config, where, found, spec, stage.checked)
+    return CheckedTeacher(spec, file=found)
+
+
+def _check_teacher_file(config: Config, where: Any, path: Path, spec: Teacher,
+                        student: CheckedConfig) -> None:
+    """The file loads (vetted), takes one input of the student's size (after
+    ``input.size``) and gives one output over the student's classes."""
+    from bnn_cli.assemble.distillation import teacher_problem
+
+    try:
+        model = load_vetted_model(path)
+    except UserError as exc:
+        ensure_valid([config.problem(where, f"{exc}; name a Keras model file that "
+                                     "loads, a run directory or an earlier stage")])
+    shape, _ = next(iter(student.input_shapes.values()))
+    classes = student.data.num_classes if student.data is not None else None
+    problem = teacher_problem(model, spec, shape, classes)
+    del model
+    if problem:
+        ensure_valid([config.problem(where, f"the model file {path}: {problem}")])
 
 
 def _load(path: str | Path, overrides: list[str]) -> Config:

@@ -12,7 +12,10 @@ The losses of Real-to-Binary (Martinez et al., 2020) and ReActNet (Liu et al., 2
   pairs (so the zoo's weights, e.g. Real-to-Binary's 30, carry over with it);
 - and the stage's own ``training.loss`` on the labels,
 
-each weighted as the stage's ``distill`` section says. :class:`Distiller` is what
+each weighted as the stage's ``distill`` section says. With several teachers the
+soft-target term is the sum of each one's, times its ``weight``. A teacher is an earlier
+stage, a run directory or a Keras model file (ReActNet's pretrained ResNet-34), which
+sees the student's input through its own ``input`` preprocessing. :class:`Distiller` is what
 ``fit`` trains; the student is the model that is checkpointed, evaluated and saved.
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from bnn_cli._keras import keras, tf
-from bnn_cli.config.schema import Distill
+from bnn_cli.config.schema import Distill, Teacher, TeacherInput
 from bnn_cli.errors import UserError
 
 TERMS = ("label_loss", "distill_loss", "attention_loss")  # logged beside loss each epoch
@@ -30,6 +33,57 @@ TERMS = ("label_loss", "distill_loss", "attention_loss")  # logged beside loss e
 def logits_of(model: keras.Model) -> tf.Tensor:
     """The input of the model's final softmax layer (checks made sure there is one)."""
     return model.layers[-1].input
+
+
+def teacher_logits(model: keras.Model) -> tf.Tensor:
+    """A teacher's logits: the input of a final softmax layer (every model bnn builds);
+    for a model from a file, the output of a final layer whose own activation is
+    softmax, with that activation switched off (``model`` is the teacher's private
+    copy), else the output itself."""
+    last = model.layers[-1]
+    if _is_softmax(last):
+        return last.input
+    if _is_softmax(getattr(last, "activation", None)):
+        last.activation = keras.activations.linear  # (read by `call`: the taps see logits)
+    return model.outputs[0]
+
+
+def _is_softmax(thing: Any) -> bool:
+    if isinstance(thing, keras.layers.Softmax):
+        return True
+    if isinstance(thing, keras.layers.Activation):
+        thing = thing.activation
+    return getattr(thing, "__name__", None) == "softmax"
+
+
+def teacher_problem(model: keras.Model, spec: Teacher, student_shape: list[int | None],
+                    classes: int | None) -> str | None:
+    """What keeps a model from a file from teaching this student, if anything."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return (f"it has {len(model.inputs)} inputs and {len(model.outputs)} outputs; a "
+                "teacher takes one image and gives one distribution over the classes")
+    size = list(spec.input.size) if spec.input and spec.input.size else student_shape[:-1]
+    wanted = [*size, student_shape[-1]]
+    have = list(model.inputs[0].shape[1:])
+    if len(have) != len(wanted) or any(
+            h not in (None, w) for h, w in zip(have, wanted, strict=True)):
+        return (f"it takes inputs of shape {have}, but the student's input reaches it as "
+                f"{wanted}; set the teacher's input.size to its height and width")
+    out = model.outputs[0].shape[-1]
+    if classes is not None and out != classes:
+        return f"it gives {out} outputs, but the dataset has {classes} classes"
+    return None
+
+
+def teacher_input(x: tf.Tensor, spec: TeacherInput | None) -> tf.Tensor:
+    """The student's input as a teacher from a file wants it (``TeacherInput``)."""
+    if spec is None:
+        return x
+    if spec.size is not None:
+        x = tf.image.resize(x, spec.size)
+    if spec.channels == "bgr":
+        x = x[..., ::-1]
+    return x * tf.constant(spec.scale, x.dtype) + tf.constant(spec.offset, x.dtype)
 
 
 def attention_map(x: tf.Tensor) -> tf.Tensor:
@@ -74,18 +128,21 @@ class Distiller(keras.Model):
     """Trains ``student`` on ``training.loss`` plus the distillation terms; validation
     and metrics are the student's alone."""
 
-    def __init__(self, student: keras.Model, teacher: keras.Model, spec: Distill,
+    def __init__(self, student: keras.Model, teachers: list[keras.Model], spec: Distill,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.student, self.teacher, self.spec = student, teacher, spec
-        teacher.trainable = False
+        self.student, self.teachers, self.spec = student, teachers, spec
         pairs = [(p.student, p.teacher or p.student) for p in spec.attention]
         self.student_taps = keras.Model(
             student.inputs, [logits_of(student), *(_output(student, s) for s, _ in pairs)])
-        self.teacher_taps = keras.Model(
-            teacher.inputs, [logits_of(teacher), *(_output(teacher, t) for _, t in pairs)])
+        self.teacher_taps = []
+        for teacher in teachers:
+            teacher.trainable = False
+            self.teacher_taps.append(keras.Model(
+                teacher.inputs,
+                [teacher_logits(teacher), *(_output(teacher, t) for _, t in pairs)]))
         for (s, t), a, b in zip(pairs, self.student_taps.outputs[1:],
-                                self.teacher_taps.outputs[1:], strict=True):
+                                self.teacher_taps[0].outputs[1:], strict=True):
             if a.shape[1:-1] != b.shape[1:-1]:
                 raise UserError(f"attention transfer compares maps of the same size, but "
                                 f"the student's {s!r} is {a.shape[1:-1]} and the teacher's "
@@ -105,13 +162,17 @@ class Distiller(keras.Model):
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, y = data
-        teacher_logits, *teacher_maps = _taps(self.teacher_taps, x, training=False)
         spec = self.spec
+        taught = [_taps(taps, teacher_input(x, given.input), training=False)
+                  for taps, given in zip(self.teacher_taps, spec.teachers, strict=True)]
+        teacher_maps = taught[0][1:]
         with tf.GradientTape() as tape:
             student_logits, *student_maps = _taps(self.student_taps, x, training=True)
             probs = tf.nn.softmax(student_logits)
             label = tf.reduce_mean(self.label_loss(y, probs))
-            soft = soft_target_loss(teacher_logits, student_logits, spec.temperature)
+            soft = tf.add_n([given.weight * soft_target_loss(
+                outputs[0], student_logits, spec.temperature)
+                for outputs, given in zip(taught, spec.teachers, strict=True)])
             attention = attention_loss(student_maps, teacher_maps, spec.attention_form)
             total = (spec.label_weight * label + spec.kd_weight * soft
                      + spec.attention_weight * attention + tf.add_n(self.student.losses

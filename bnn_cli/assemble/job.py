@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from bnn_cli._keras import keras, tf
 from bnn_cli.assemble import mixed_precision as precision
 from bnn_cli.assemble import strategy as distribute
-from bnn_cli.assemble.check import CheckedConfig, CheckedStage
+from bnn_cli.assemble.check import CheckedConfig, CheckedStage, CheckedTeacher
 from bnn_cli.assemble.distillation import Distiller
 from bnn_cli.assemble.model import build_loss, build_optimizer
+from bnn_cli.assemble.vetting import load_vetted_model
 from bnn_cli.config.schema import Config
 from bnn_cli.data import pipeline as datamod
 from bnn_cli.errors import UserError, error_text
@@ -50,10 +51,11 @@ class Job:
 
 
 def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = None,
-            teacher: keras.Model | None = None, *, for_training: bool = True) -> Job:
+            teachers: list[keras.Model] | None = None, *,
+            for_training: bool = True) -> Job:
     """Build the model and the optimizer of a checked config (new run or resume); a
     stage that distills trains a :class:`~bnn_cli.assemble.distillation.Distiller` of the model
-    and ``teacher``. Not ``for_training`` (evaluation, export), the model is float32
+    and ``teachers``. Not ``for_training`` (evaluation, export), the model is float32
     whatever ``runtime.mixed_precision`` says: the weights are float32 either way."""
     training = checked.spec.training
     if training.seed is not None:
@@ -80,7 +82,7 @@ def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = No
         if stage is not None and stage.distill is not None:
 
             with precision.policy(policy):  # (its loss scaling follows the model's)
-                trainer = Distiller(model, teacher, stage.distill)
+                trainer = Distiller(model, teachers, stage.distill)
             trainer.compile(optimizer=optimizer, loss=loss,
                             metrics=list(training.metrics), **engine)
         # Create the optimizer's slots now, so a checkpoint restores into them.
@@ -131,18 +133,25 @@ def stage_pointer(stage: CheckedStage) -> str:
 
 def stage_job(run: RunDir, stage: CheckedStage, stages: list[CheckedStage], *,
               teacher_weights: bool = True) -> Job:
-    """The job of one stage; a distilling stage's teacher is built from its config and
-    given the weights its stage selected (or its run directory's best checkpoint)."""
-    teacher = None
-    if stage.distill is not None:
-        with distribute.strategy().scope():
-            teacher = precision.build_model(stage.teacher_checked,
-                                            stage.checked.spec.runtime.mixed_precision)
-        if stage.teacher_run is not None:
-            _read_weights(teacher, stage.teacher_run.load_checkpoint("best"))
-        elif teacher_weights:
-            _read_weights(teacher, selected_checkpoint(run, stages[stage.teacher_stage]))
-    return prepare(stage.checked, run, stage, teacher)
+    """The job of one stage; a distilling stage's teachers are built from their configs
+    and given the weights their stage selected (or their run directory's best
+    checkpoint), or loaded from their model files."""
+    teachers = [_teacher(run, t, stages, stage.checked.spec.runtime.mixed_precision,
+                         teacher_weights) for t in stage.teachers]
+    return prepare(stage.checked, run, stage, teachers)
+
+
+def _teacher(run: RunDir, teacher: CheckedTeacher, stages: list[CheckedStage],
+             policy: str | None, weights: bool) -> keras.Model:
+    with distribute.strategy().scope():
+        if teacher.file is not None:  # (vetted: nothing in the file runs)
+            return load_vetted_model(teacher.file)
+        model = precision.build_model(teacher.checked, policy)
+    if teacher.run is not None:
+        _read_weights(model, teacher.run.load_checkpoint("best"))
+    elif weights:
+        _read_weights(model, selected_checkpoint(run, stages[teacher.stage]))
+    return model
 
 
 def selected_checkpoint(run: RunDir, stage: CheckedStage) -> Checkpoint:

@@ -95,7 +95,9 @@ def _stage_line(stage: Any) -> str:
         text += f"; sets {', '.join(data['set'])}"
     if stage.distill is not None:
         d = stage.distill
-        text += (f"; learns from {d.teacher!r} (labels {d.label_weight:g}, soft targets "
+        names = " + ".join(f"{t.model!r}" + (f" x {t.weight:g}" if t.weight != 1 else "")
+                           for t in d.teachers)
+        text += (f"; learns from {names} (labels {d.label_weight:g}, soft targets "
                  f"{d.kd_weight:g} at T={d.temperature:g}"
                  + (f", attention {d.attention_weight:g} on {len(d.attention)} layers"
                     if d.attention else "") + ")")

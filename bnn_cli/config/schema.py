@@ -378,15 +378,45 @@ class AttentionPair(Strict):
     teacher: str | None = None  # default: the layer of the same name
 
 
-class Distill(Strict):
-    """Learn from a teacher: loss = label_weight * training.loss(labels)
-    + kd_weight * T^2 * KL(softmax(teacher/T) || softmax(student/T))
-    + attention_weight * sum over pairs of |a_s - a_t|_2, with a = the L2-normalized
-    map of squared activations summed over channels (``attention_form: paper``); or
-    the Larq zoo's form (``zoo``): the mean over pairs of the mean squared difference
-    of the max-normalized maps of mean squared activations."""
+class TeacherInput(Strict):
+    """How a teacher from elsewhere sees the student's input ``x`` (what the data
+    pipeline gives): resized to ``size`` (bilinear), its channels reversed if ``channels:
+    bgr``, then ``x * scale + offset`` per channel. E.g. a student normalized with
+    ImageNet's mean and std and a Keras ResNet (caffe preprocessing: BGR, 0-255, minus
+    the mean) need ``scale = 255 * std`` and ``offset = 255 * mean - caffe_mean``."""
 
-    teacher: str  # an earlier stage of this run, or a run directory
+    size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None
+    channels: Literal["rgb", "bgr"] = "rgb"
+    scale: float | list[float] = 1.0
+    offset: float | list[float] = 0.0
+
+
+class Teacher(Strict):
+    """One teacher: an earlier stage of this run, a run directory, or a Keras model
+    file (``.h5``/``.keras``, vetted before loading: nothing in it runs), frozen."""
+
+    model: str
+    weight: float = Field(default=1.0, ge=0)  # its share of the soft-target term
+    input: TeacherInput | None = None  # a model file's own preprocessing
+
+
+class Distill(Strict):
+    """Learn from one teacher or several: loss = label_weight * training.loss(labels)
+    + kd_weight * sum over teachers of weight_i * T^2 * KL(softmax(teacher_i/T) ||
+    softmax(student/T)) + attention_weight * sum over pairs of |a_s - a_t|_2, with a =
+    the L2-normalized map of squared activations summed over channels
+    (``attention_form: paper``); or the Larq zoo's form (``zoo``): the mean over pairs
+    of the mean squared difference of the max-normalized maps of mean squared
+    activations. ``teacher: NAME`` is ``teacher: [{model: NAME}]``."""
+
+    teacher: str | Annotated[list[Teacher], Field(min_length=1)] = Field(
+        union_mode="left_to_right")
+
+    @property
+    def teachers(self) -> list[Teacher]:
+        return [Teacher(model=self.teacher)] if isinstance(self.teacher, str) \
+            else self.teacher
+
     temperature: float = Field(default=1.0, gt=0)
     kd_weight: float = Field(default=1.0, ge=0)
     label_weight: float = Field(default=1.0, ge=0)

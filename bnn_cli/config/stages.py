@@ -65,21 +65,43 @@ def stage_config(path: str | Path, index: int, overrides: list[str]) -> Config:
     return validate(stage_document(path, index, overrides), Path(path))
 
 
+def teacher_path(index: int, distill: Distill, k: int) -> PathKey:
+    """Where teacher ``k`` of stage ``index`` is written: ``teacher`` (one name) or
+    ``teacher[k].model``."""
+    where: PathKey = ("stages", index, "distill", "teacher")
+    return where if isinstance(distill.teacher, str) else (*where, k, "model")
+
+
 def distill_problems(config: Config, index: int, distill: Distill, student: Graph,
-                     teacher: Graph) -> list[Problem]:
-    """Logits for the KL term and the attention layers, in the student and the teacher."""
+                     teachers: list[Graph | None]) -> list[Problem]:
+    """Logits for the KL term and the attention layers, in the student and the teachers
+    built from configs (a model file's teacher is checked as it is loaded)."""
     where: PathKey = ("stages", index, "distill")
     problems = []
+    if len(teachers) > 1 and distill.attention:
+        problems.append(config.problem(
+            (*where, "attention"), "attention transfer compares the student with one "
+            "teacher, but this stage has several; keep one teacher or drop attention"))
+    roles = [("student", student)] + [(f"teacher {distill.teachers[k].model!r}", g)
+                                      for k, g in enumerate(teachers) if g is not None]
     if distill.kd_weight > 0:
-        for role, graph in (("student", student), ("teacher", teacher)):
+        for role, graph in roles:
             if not _ends_in_softmax(graph):
                 problems.append(config.problem(
                     (*where, "kd_weight"),
                     f"distillation compares logits, so the {role} model must end with "
                     "{type: Activation, activation: softmax} or {type: Softmax} (its input "
                     "is the logits); end it so, or set kd_weight: 0"))
+    if len(teachers) == 1 and teachers[0] is not None:
+        problems += _attention_problems(config, where, distill, student, teachers[0])
+    return problems
+
+
+def _attention_problems(config: Config, where: PathKey, distill: Distill, student: Graph,
+                        teacher: Graph) -> list[Problem]:
     names = {"student": {n.name for n in student.nodes},
              "teacher": {n.name for n in teacher.nodes}}
+    problems = []
     for i, pair in enumerate(distill.attention):
         for role in ("student", "teacher"):
             name = getattr(pair, role) or pair.student
@@ -99,17 +121,26 @@ def _ends_in_softmax(graph: Graph) -> bool:
                                       and node.args.get("activation") == "softmax")
 
 
-def teacher_run(config: Config, index: int, distill: Distill) -> RunDir:
-    """The run directory a stage's teacher names (relative to the config's folder)."""
+MODEL_SUFFIXES = (".h5", ".hdf5", ".keras")
 
-    folder = Path(distill.teacher).expanduser()
-    if not folder.is_absolute() and config.path is not None:
-        folder = config.path.parent / folder
-    problem = config.problem(("stages", index, "distill", "teacher"), "")
-    if not RunDir.is_run(folder):
-        raise ConfigError([Problem(
-            problem.path, f"{distill.teacher!r} is neither an earlier stage of this config "
-            f"nor a run directory ({folder} has no run.json); name a stage above this one "
-            "or a run directory that `bnn train` wrote (relative to the config's folder)",
-            problem.location)])
-    return RunDir.open(folder)
+
+def teacher_source(config: Config, index: int, distill: Distill, k: int) -> RunDir | Path:
+    """The run directory or Keras model file that teacher ``k`` names (relative to the
+    config's folder)."""
+    name = distill.teachers[k].model
+    path = Path(name).expanduser()
+    if not path.is_absolute() and config.path is not None:
+        path = config.path.parent / path
+    if RunDir.is_run(path):
+        return RunDir.open(path)
+    if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
+        return path
+    problem = config.problem(teacher_path(index, distill, k), "")
+    why = (f"{path} is a file but not a Keras model file ({', '.join(MODEL_SUFFIXES)})"
+           if path.is_file() else f"{path} has no run.json" if path.is_dir()
+           else f"there is no {path}")
+    raise ConfigError([Problem(
+        problem.path, f"{name!r} is neither an earlier stage of this config, a run "
+        f"directory nor a Keras model file ({why}); name a stage above this one, a run "
+        "directory that `bnn train` wrote, or an .h5/.keras file (relative to the "
+        "config's folder)", problem.location)])
