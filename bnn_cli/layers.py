@@ -29,6 +29,7 @@ from bnn_cli.registry import REGISTRY, NamedActivation, Param, register, signatu
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "LearnedShift",
     "QuantConv1D",
     "QuantConv2D",
     "QuantConv2DTranspose",
@@ -355,6 +356,33 @@ class QuantLocallyConnected2D(QuantizerBase, keras.layers.LocallyConnected2D):
     """Locally connected 2D layer (unshared weights) with quantized inputs and kernel."""
 
 
+class LearnedShift(keras.layers.Layer):
+    """``y = x + b``, with a learned shift ``b`` per channel (zeros at first).
+
+    Not one of Larq's layers: the published BNNs after Larq's zoo need it. It is
+    ReActNet's ``LearnableBias`` (Liu et al., ECCV 2020): before a binary convolution
+    it makes RSign, ``sign(x - b)`` with a learned threshold, and around a PReLU it
+    makes RPReLU, ``PReLU(x - g) + z``. Its weight, ``shift``, is of the kind
+    ``shifts`` for an optimizer's ``weight_decay``.
+    """
+
+    def __init__(self, shift_initializer: Any = "zeros", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shift_initializer = keras.initializers.get(shift_initializer)
+
+    def build(self, input_shape: Any) -> None:
+        self.shift = self.add_weight(name="shift", shape=(input_shape[-1],),
+                                     initializer=self.shift_initializer, trainable=True)
+        super().build(input_shape)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return inputs + self.shift
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(),
+                "shift_initializer": keras.initializers.serialize(self.shift_initializer)}
+
+
 QUANT_LAYERS = (
     QuantDense, QuantConv1D, QuantConv2D, QuantConv3D, QuantDepthwiseConv2D,
     QuantSeparableConv1D, QuantSeparableConv2D, QuantConv2DTranspose, QuantConv3DTranspose,
@@ -401,7 +429,7 @@ def _keras_layer_classes() -> dict[type, list[str]]:
     return found
 
 
-for _cls in QUANT_LAYERS:
+for _cls in (*QUANT_LAYERS, LearnedShift):
     register_layer(_cls)
 for _cls, _names in _keras_layer_classes().items():
     _name = _cls.__name__ if _cls.__name__ in _names else _names[0]

@@ -613,3 +613,17 @@ for _cls, _aliases in {
     NoOp: (),
 }.items():
     register_quantizer(_cls, aliases=_aliases)
+
+
+def tanh(x: tf.Tensor) -> tf.Tensor:
+    r"""Not a quantizer: the soft stand-in for sign that Real-to-Binary's first stage
+    gives binary layers' inputs before they are binarized (Martinez et al., ICLR 2020;
+    the Larq zoo's ``RealToBinNetFPFactory`` uses a tanh activation as the input
+    quantizer).
+
+    Forward: ``q(x) = tanh(x)``. Gradient: its own, ``1 - tanh(x)^2``.
+    """
+    return tf.math.tanh(x)
+
+
+register_quantizer(tanh, name="tanh", summary="tanh(x), real-valued: a soft sign")

@@ -55,20 +55,26 @@ def catalog_metadata(name: str, splits: dict[str, int], data_dir) -> str:
     return str(data_dir)
 
 
+MOCKED = {"cifar10": {"train": 50000, "test": 10000},
+          "imagenet2012": {"train": 1281167, "validation": 50000}}
+"""Datasets served as random examples (at their real split sizes) in tests."""
+
+
 @contextlib.contextmanager
 def dataset_for(dataset: str, tmp_path):
     """A TFDS data_dir that serves ``dataset`` in tests: the shared real data for MNIST,
-    random examples through ``tfds.testing.mock_data`` for CIFAR-10, and a fresh folder
-    for the embedded digits (prepared on first use)."""
+    random examples through ``tfds.testing.mock_data`` for CIFAR-10 and ImageNet (random
+    JPEGs of random sizes), and a fresh folder for the embedded digits (prepared on
+    first use)."""
     import tensorflow_datasets as tfds
 
     if dataset in ("mnist", "fashion_mnist"):
         if not (SHARED_TFDS / dataset).is_dir():
             pytest.skip(f"{dataset} is not in {SHARED_TFDS}")
         yield str(SHARED_TFDS)
-    elif dataset == "cifar10":
-        data_dir = catalog_metadata("cifar10", {"train": 50000, "test": 10000}, tmp_path)
-        with tfds.testing.mock_data(num_examples=10, data_dir=data_dir):
+    elif dataset in MOCKED:
+        data_dir = catalog_metadata(dataset, MOCKED[dataset], tmp_path)
+        with tfds.testing.mock_data(num_examples=16, data_dir=data_dir):
             yield data_dir
     else:
         yield str(tmp_path)

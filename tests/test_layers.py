@@ -530,3 +530,30 @@ def test_quantized_weights():
                                   plain.kernel.numpy())
     # The latent variable stays trainable and is the one the optimizer updates.
     assert dense.trainable_weights[0] is dense.kernel
+
+
+def test_learned_shift_adds_a_learned_shift_per_channel(tmp_path):
+    """ReActNet's LearnableBias: y = x + b per channel; b starts at zero, is trained,
+    saved and loaded, and counts as a `shifts` variable for weight decay by kind."""
+    import numpy as np
+
+    from bnn_cli._keras import keras, tf
+    from bnn_cli.assemble.model import weight_kind
+    from bnn_cli.layers import LearnedShift
+    from bnn_cli.models import load_model
+
+    x = np.random.default_rng(0).normal(size=(2, 3, 3, 4)).astype("float32")
+    layer = LearnedShift(name="shift")
+    model = keras.Sequential([keras.Input((3, 3, 4)), layer])
+    np.testing.assert_array_equal(model(x).numpy(), x)
+    layer.shift.assign([1.0, -2.0, 0.5, 0.0])
+    np.testing.assert_allclose(model(x).numpy(), x + [1.0, -2.0, 0.5, 0.0])
+    assert weight_kind(layer.shift) == "shifts"
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(x))
+    np.testing.assert_allclose(tape.gradient(loss, layer.shift).numpy(), [18.0] * 4)
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(load_model(tmp_path / "m.keras")(x).numpy(),
+                               model(x).numpy())
+    assert LearnedShift.from_config(layer.get_config()).shift_initializer.__class__ \
+        is layer.shift_initializer.__class__

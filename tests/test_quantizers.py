@@ -809,3 +809,20 @@ def test_unregistered_custom_function_fails_clearly_at_save(tmp_path, fmt):
     with pytest.raises(UserError, match="register_quantizer") as info:
         model.save(tmp_path / f"bad.{fmt}")
     assert "unregistered_sign" in str(info.value)
+
+
+def test_tanh_is_real_to_binarys_soft_sign_with_its_own_gradient():
+    import numpy as np
+    import tensorflow as tf
+
+    from bnn_cli import quantizers
+
+    q = quantizers.get("tanh")
+    x = tf.constant([-3.0, -0.5, 0.0, 0.5, 3.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = q(x)
+    np.testing.assert_allclose(y.numpy(), np.tanh(x.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(y, x).numpy(), 1 - np.tanh(x.numpy()) ** 2,
+                               rtol=1e-5, atol=1e-6)
+    assert getattr(q, "precision", None) is None  # real-valued: not counted as binary

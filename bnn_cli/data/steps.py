@@ -83,10 +83,10 @@ class Steps:
         one affine map: a few passes over every pixel cost as much as the crop."""
         if self.crop is not None:
             return raw
-        steps = list(self.geometry)
+        steps, first = list(self.geometry), self.window  # (autograph: no walrus)
         if self.channels is None:
             image = raw
-        elif (first := self.window) is not None:
+        elif first is not None:
             steps.pop(0)  # decode only its window
             window = images.center_window(first.height, first.width, first.crop_fraction)
             image = images.decode_window(raw, self.channels, window)
