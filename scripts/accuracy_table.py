@@ -28,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+WARM = ["stages[1].from=best", "stages[1].distill.label_weight=1",
+        "stages[2].distill.label_weight=1"]
+
 # name -> config. A multi-stage recipe is one `bnn train` run too; it has no twin (its
 # single-stage config's twin is the comparison), and spends that config's epochs.
 CONFIGS = {
@@ -45,6 +48,13 @@ CONFIGS = {
                      "stages": 1, "overrides": ["data.dataset=fashion_mnist"]},
     "larq_fashion_reactnet": {"config": "configs/recipes/larq_fashion_reactnet.yaml",
                               "dataset": "fashion_mnist", "stages": 3, "twin": False},
+    # The same with step 1 started from the teacher's weights and the labels kept.
+    "larq_mnist_reactnet_warm": {"config": "configs/recipes/larq_mnist_reactnet.yaml",
+                                 "dataset": "mnist", "stages": 3, "twin": False,
+                                 "overrides": WARM},
+    "larq_fashion_reactnet_warm": {"config": "configs/recipes/larq_fashion_reactnet.yaml",
+                                   "dataset": "fashion_mnist", "stages": 3,
+                                   "twin": False, "overrides": WARM},
 }
 
 # The full-precision twin: the same network, recipe and data, with no quantizer (and no

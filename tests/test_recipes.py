@@ -91,14 +91,19 @@ def test_small_recipes_train_through_their_stages(recipe, tmp_path):
     assert "extends" not in stored and stored["stages"][0]["name"] == names[0]
 
 
-@pytest.mark.parametrize("recipe", ["bireal_fashion_two_step", "bireal_fashion_real_to_binary"])
-def test_fashion_recipes_share_the_single_stage_budget(recipe):
-    """The recipes compared with configs/fashion_mnist_bnn.yaml in the accuracy table
-    spend its epochs, split among their stages (the same budget, stage by stage)."""
+@pytest.mark.parametrize("recipe,single", [
+    ("bireal_fashion_two_step", "fashion_mnist_bnn"),
+    ("bireal_fashion_real_to_binary", "fashion_mnist_bnn"),
+    ("larq_mnist_reactnet", "larq_mnist"),
+    ("larq_fashion_reactnet", "larq_mnist"),
+])
+def test_recipes_share_the_single_stage_budget(recipe, single):
+    """The recipes compared with a single-stage config in the accuracy table spend its
+    epochs, split among their stages (the same budget, teacher included)."""
     from bnn_cli.assemble.check import check
 
-    single = check(ROOT / "configs" / "fashion_mnist_bnn.yaml", allow_unprepared_data=True)
+    one = check(ROOT / "configs" / f"{single}.yaml", allow_unprepared_data=True)
     staged = check(ROOT / "configs" / "recipes" / f"{recipe}.yaml",
                    allow_unprepared_data=True)
     assert sum(s.checked.spec.training.epochs for s in staged.stages) \
-        == single.spec.training.epochs
+        == one.spec.training.epochs

@@ -132,7 +132,7 @@ stages:
     return path
 
 
-def test_training_from_a_model_file_teacher(tmp_path, capsys):
+def test_training_from_a_model_file_teacher(tmp_path, capsys, monkeypatch):
     keras_teacher(tmp_path / "teacher.h5", shape=(16, 16, 1))
     config = _config(tmp_path, "{teacher: [{model: teacher.h5, weight: 2.0, "
                                "input: {size: [16, 16]}}], temperature: 2.0}")
@@ -143,6 +143,12 @@ def test_training_from_a_model_file_teacher(tmp_path, capsys):
     (run,) = [p for p in out.iterdir() if p.is_dir()]
     row = __import__("json").loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert row["stage"] == "student" and row["distill_loss"] > 0
+    # The run's stored config names the teacher relative to the original config's
+    # folder: evaluation re-checks it from anywhere.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["eval", str(run)]) == 0
 
 
 @pytest.mark.parametrize("distill,teacher,message", [

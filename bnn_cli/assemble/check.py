@@ -218,8 +218,8 @@ def _check_stages(base: CheckedConfig, path: Path, overrides: list[str],
                                        p.location) for p in exc.problems]) from None
         stage = CheckedStage(i, spec.name, checked, spec.distill, spec.set, spec.start)
         if spec.distill is not None:
-            stage.teachers = [_resolve_teacher(stage, k, names, done, config, data_dir)
-                              for k in range(len(spec.distill.teachers))]
+            stage.teachers = [_resolve_teacher(stage, k, names, done, config, data_dir,
+                                               folder) for k in range(len(spec.distill.teachers))]
             problems += staging.distill_problems(
                 config, i, spec.distill, checked.graph,
                 [t.checked.graph if t.checked else None for t in stage.teachers])
@@ -229,8 +229,11 @@ def _check_stages(base: CheckedConfig, path: Path, overrides: list[str],
 
 
 def _resolve_teacher(stage: CheckedStage, k: int, names: list[str],
-                     done: list[CheckedStage], config: Config,
-                     data_dir: str | None) -> CheckedTeacher:
+                     done: list[CheckedStage], config: Config, data_dir: str | None,
+                     folder: Path | None) -> CheckedTeacher:
+    """Teacher ``k`` of ``stage``: an earlier stage, or a run directory or model file
+    (relative to ``folder``, the config file's: a run's stored config is read from its
+    run directory, but its teachers stay where the original config named them)."""
     spec = stage.distill.teachers[k]
     where = staging.teacher_path(stage.index, stage.distill, k)
     if spec.model in names[:stage.index]:
@@ -241,7 +244,7 @@ def _resolve_teacher(stage: CheckedStage, k: int, names: list[str],
             where, f"the teacher {spec.model!r} is this stage or a later one; a stage "
             "learns from a stage that ran before it (or from a run directory or a model "
             "file)")])
-    found = staging.teacher_source(config, stage.index, stage.distill, k)
+    found = staging.teacher_source(config, stage.index, stage.distill, k, folder)
     if isinstance(found, RunDir):
         return CheckedTeacher(spec, run=found, checked=check_teacher_run(found, data_dir))
     _check_teacher_file(config, where, found, spec, stage.checked)

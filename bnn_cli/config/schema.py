@@ -381,9 +381,11 @@ class AttentionPair(Strict):
 class TeacherInput(Strict):
     """How a teacher from elsewhere sees the student's input ``x`` (what the data
     pipeline gives): resized to ``size`` (bilinear), its channels reversed if ``channels:
-    bgr``, then ``x * scale + offset`` per channel. E.g. a student normalized with
-    ImageNet's mean and std and a Keras ResNet (caffe preprocessing: BGR, 0-255, minus
-    the mean) need ``scale = 255 * std`` and ``offset = 255 * mean - caffe_mean``."""
+    bgr``, then ``x * scale + offset`` per channel (in the teacher's channel order).
+    E.g. a student normalized with ImageNet's ``mean`` and ``std`` and a teacher that
+    takes RGB in 0-255 need ``scale = 255 * std``, ``offset = 255 * mean``; one with
+    caffe preprocessing (BGR, 0-255, minus ``caffe_mean``) needs ``channels: bgr``,
+    then ``scale = 255 * std`` and ``offset = 255 * mean - caffe_mean``, both reversed."""
 
     size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None
     channels: Literal["rgb", "bgr"] = "rgb"

@@ -124,13 +124,15 @@ def _ends_in_softmax(graph: Graph) -> bool:
 MODEL_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 
-def teacher_source(config: Config, index: int, distill: Distill, k: int) -> RunDir | Path:
-    """The run directory or Keras model file that teacher ``k`` names (relative to the
-    config's folder)."""
+def teacher_source(config: Config, index: int, distill: Distill, k: int,
+                   folder: Path | None = None) -> RunDir | Path:
+    """The run directory or Keras model file that teacher ``k`` names, relative to
+    ``folder`` (default: the config's)."""
     name = distill.teachers[k].model
     path = Path(name).expanduser()
-    if not path.is_absolute() and config.path is not None:
-        path = config.path.parent / path
+    folder = folder or (config.path.parent if config.path is not None else None)
+    if not path.is_absolute() and folder is not None:
+        path = folder / path
     if RunDir.is_run(path):
         return RunDir.open(path)
     if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
