@@ -225,9 +225,10 @@ def training_problems(config: Config, graph: Graph) -> list[Problem]:
     problems += _optimizer_problems(config, spec, ("training", "optimizer"))
     logged = logged_metrics(config, graph)
     monitors = [(("training", "monitor"), training.monitor)]
-    if training.early_stopping and training.early_stopping.monitor:
-        monitors.append((("training", "early_stopping", "monitor"),
-                         training.early_stopping.monitor))
+    for key in ("early_stopping", "target"):
+        part = getattr(training, key)
+        if part and part.monitor:
+            monitors.append((("training", key, "monitor"), part.monitor))
     for path, name in monitors:
         if name not in logged:
             hint = "" if config.spec.data.validation_split or not name.startswith("val_") \

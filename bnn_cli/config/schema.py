@@ -325,6 +325,15 @@ class EarlyStopping(Strict):
     min_delta: float = Field(default=0.0, ge=0)
 
 
+class Target(Strict):
+    """Time to accuracy: a stage ends once its monitored metric reaches ``value`` (as
+    ``training.monitor_mode`` reads better), and run.json's ``target`` records when the
+    run's final model did: epoch, seconds and training compute."""
+
+    value: float
+    monitor: str | None = None  # default: training.monitor
+
+
 class TrainingConfig(Strict):
     epochs: int = Field(default=10, ge=1, le=100_000)
     batch_size: int = Field(default=64, ge=1, le=1_000_000)
@@ -338,6 +347,7 @@ class TrainingConfig(Strict):
     monitor: str = "val_accuracy"  # the metric that picks the best checkpoint
     monitor_mode: Literal["auto", "min", "max"] = "auto"
     early_stopping: EarlyStopping | None = None
+    target: Target | None = None
     seed: int | None = 0
     deterministic: bool = False  # TF op determinism: same seed -> same metrics
     steps_per_epoch: int | None = Field(default=None, ge=1)  # cap, for quick runs

@@ -33,6 +33,9 @@ class RunRecord:
     final: dict[str, Any] | None = None  # the last epoch's history row
     wall_time: float | None = None  # seconds in the training loop
     test: dict[str, Any] | None = None  # the chosen checkpoint's test evaluation
+    # training.target: {monitor, value, reached, epoch, stage, seconds, examples,
+    # training_macs}: when the final model reached it, and what it cost
+    target: dict[str, Any] | None = None
     error: str | None = None  # why it failed (cleared when a resume completes it)
     pruned: str | None = None  # a sweep's pruner stopped it: when
     extra: dict[str, Any] = field(default_factory=dict)  # keys of other versions

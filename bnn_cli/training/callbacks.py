@@ -20,7 +20,7 @@ from bnn_cli.config.monitor import improves, monitor_mode
 from bnn_cli.data import pipeline as datamod
 from bnn_cli.errors import UserError
 from bnn_cli.rundir.run import atomic_write_json
-from bnn_cli.training.state import LoopState, count_patience
+from bnn_cli.training.state import LoopState, count_patience, reaches_target
 
 
 def current_lr(optimizer: Any) -> float | None:
@@ -173,9 +173,11 @@ class Epochs(keras.callbacks.Callback):
     line and status, and early stopping. An epoch cut short by a signal or a non-finite
     loss is not recorded: the last complete checkpoint stays."""
 
-    def __init__(self, job: Job, state: LoopState, guard: Guard) -> None:
+    def __init__(self, job: Job, state: LoopState, guard: Guard, *,
+                 final: bool = True) -> None:
         super().__init__()
-        self.job, self.state, self.guard = job, state, guard
+        self.job, self.state, self.guard, self.final = job, state, guard, final
+        self.step_macs = training_macs(job)
         self.stage = {"stage": job.stage.name} if job.stage else {}
         self.started = time.perf_counter() - state.wall_time
         self._began = 0.0
@@ -217,13 +219,61 @@ class Epochs(keras.callbacks.Callback):
         if stop:
             count_patience(training, state, row)
         state.wall_time = time.perf_counter() - self.started
+        self._count_compute()
+        reached = state.reached is None and reaches_target(training, row)
+        if reached:
+            state.reached = state.epoch
         _save_checkpoint(job, state, improved)
         sys.stderr.write(_format_row(row) + ("  (best)" if improved else "") + "\n")
         job.run.write_record(status="running", epochs_done=state.epoch,
                              best={monitor: state.best_value, "epoch": state.best_epoch},
                              final=row, wall_time=round(state.wall_time, 2), **self.stage)
+        if reached:
+            return self._reached(row)
         if stop and state.wait > stop.patience:
             sys.stderr.write(f"early stopping: {stop.monitor or monitor} has not "
                              f"improved for {state.wait} epochs\n")
             return True
         return False
+
+    def _count_compute(self) -> None:
+        """Add the epoch's examples and training MACs (see :func:`training_macs`)."""
+        state, job = self.state, self.job
+        examples = job.steps_per_epoch * job.config.spec.training.batch_size
+        state.examples += examples
+        macs = dict(state.macs or {})
+        for bits, n in self.step_macs.items():
+            macs[bits] = macs.get(bits, 0) + n * examples
+        state.macs = macs
+
+    def _reached(self, row: dict[str, Any]) -> bool:
+        """The stage reached training.target: it ends here; for the final model, the
+        run records when and at what cost."""
+        training, state = self.job.config.spec.training, self.state
+        name = training.target.monitor or training.monitor
+        sign = ">=" if monitor_mode(training, name) == "max" else "<="
+        sys.stderr.write(f"target reached: {name} {row[name]:.4g} {sign} "
+                         f"{training.target.value:g} at epoch {state.epoch}, after "
+                         f"{state.wall_time:.1f} s of training\n")
+        if self.final:
+            self.job.run.write_record(target={
+                "monitor": name, "value": training.target.value, "reached": row[name],
+                "epoch": state.epoch, **self.stage, "seconds": round(state.wall_time, 2),
+                "examples": state.examples, "training_macs": dict(state.macs or {})})
+        return True
+
+
+def training_macs(job: Job) -> dict[str, int]:
+    """Multiply-accumulates one training example costs, by precision (bits, as string
+    keys): about 3 x the model's forward MACs (forward, and the backward pass's two
+    products), plus one forward pass of each teacher; from bnn's own summary (layers
+    whose MACs it does not know count 0)."""
+    from bnn_cli.models import summary_data
+
+    cost: dict[str, int] = {}
+    teachers = getattr(job.trainer, "teachers", None) or []
+    for model, times in [(job.model, 3), *((t, 1) for t in teachers)]:
+        for bits, n in (summary_data(model).macs_by_precision or {}).items():
+            cost[str(bits)] = cost.get(str(bits), 0) + times * n
+    return cost
+

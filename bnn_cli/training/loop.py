@@ -87,24 +87,26 @@ def run_loop(job: Job, state: LoopState, stages: list[CheckedStage] | None = Non
         # (planned epochs: the stages still to come may stop early)
         total = state.stage_start + sum(s.checked.spec.training.epochs
                                         for s in stages[state.stage:]) if stages else None
-        ended = _train_stage(job, state, total)
+        final = state.stage + 1 >= len(stages)
+        ended = _train_stage(job, state, total, final=final)
         if ended is not None:  # interrupted or failed
             return ended
-        if state.stage + 1 >= len(stages):
+        if final:
             return finish(job, state)
         job = _next_stage(job, state, stages)
 
 
-def _train_stage(job: Job, state: LoopState, total: int | None = None) -> TrainResult | None:
+def _train_stage(job: Job, state: LoopState, total: int | None = None, *,
+                 final: bool = True) -> TrainResult | None:
     """The epochs of ``job``'s stage (its config's epochs) from ``state``, in one
     ``fit``; a result if the run stopped before they were done. ``total``: the run's
-    planned epochs."""
+    planned epochs; ``final``: whether this stage trains the run's final model."""
     training = job.config.spec.training
     total = total or training.epochs
     guard = Guard()
     tensorboard = keras.callbacks.TensorBoard(str(job.run.file("tensorboard")),
                                               write_graph=False, profile_batch=0)
-    epochs = Epochs(job, state, guard)
+    epochs = Epochs(job, state, guard, final=final)
     callbacks = [guard, Progress(total, job.steps_per_epoch),
                  tensorboard, epochs]  # (the guard first, the bookkeeping last)
     state.history = state.history or []

@@ -60,6 +60,12 @@ def finish(job: Job, state: LoopState) -> TrainResult:
                "best": {job.config.spec.training.monitor: state.best_value,
                         "epoch": state.best_epoch},
                "wall_time": round(state.wall_time, 2)}
+    target = job.config.spec.training.target
+    if target is not None and state.reached is None:  # (reached: recorded then)
+        results["target"] = {"monitor": target.monitor or job.config.spec.training.monitor,
+                             "value": target.value, "reached": None,
+                             "examples": state.examples,
+                             "training_macs": dict(state.macs or {})}
     try:
         test = _test_evaluation(job)
     except Exception as exc:  # noqa: BLE001 - the trained run must not be lost

@@ -25,12 +25,17 @@ class LoopState:
     wall_time: float = 0.0
     stage: int = 0  # of a multi-stage config: the stage being trained, which
     stage_start: int = 0  # began after this many epochs (best and wait are its own)
+    reached: int | None = None  # the epoch that reached training.target, in this stage
+    examples: int = 0  # training examples seen, all stages
+    macs: dict[str, int] | None = None  # training compute so far, by precision (bits)
 
     def as_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "history": self.history or [],
                 "best_value": self.best_value, "best_epoch": self.best_epoch,
                 "stop_best": self.stop_best, "wait": self.wait, "wall_time": self.wall_time,
-                "stage": self.stage, "stage_start": self.stage_start}
+                "stage": self.stage, "stage_start": self.stage_start,
+                "reached": self.reached, "examples": self.examples,
+                "macs": self.macs or {}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoopState:
@@ -38,12 +43,14 @@ class LoopState:
                    best_value=d.get("best_value"), best_epoch=d.get("best_epoch"),
                    stop_best=d.get("stop_best", d.get("best_value")),
                    wait=int(d.get("wait", 0)), wall_time=float(d.get("wall_time", 0.0)),
-                   stage=int(d.get("stage", 0)), stage_start=int(d.get("stage_start", 0)))
+                   stage=int(d.get("stage", 0)), stage_start=int(d.get("stage_start", 0)),
+                   reached=d.get("reached"), examples=int(d.get("examples", 0)),
+                   macs=dict(d.get("macs") or {}))
 
     def next_stage(self) -> None:
         """Start the next stage: its epochs count from here, its best is its own."""
         self.stage, self.stage_start = self.stage + 1, self.epoch
-        self.best_value = self.best_epoch = self.stop_best = None
+        self.best_value = self.best_epoch = self.stop_best = self.reached = None
         self.wait = 0
 
 
@@ -58,9 +65,21 @@ def count_patience(training: TrainingConfig, state: LoopState, row: dict[str, An
         state.wait += 1
 
 
+def reaches_target(training: TrainingConfig, row: dict[str, Any]) -> bool:
+    """Whether an epoch's ``row`` reached ``training.target`` (the one monitor rule
+    says which way is better; reaching the value exactly counts)."""
+    target = training.target
+    if target is None:
+        return False
+    name = target.monitor or training.monitor
+    value = row[name]
+    return value <= target.value if monitor_mode(training, name) == "min" \
+        else value >= target.value
+
+
 def training_done(training: TrainingConfig, state: LoopState) -> bool:
     """Whether the loop would train no further epoch of the stage from ``state`` (all
-    its epochs done, or early stopping already triggered)."""
+    its epochs done, early stopping already triggered, or its target reached)."""
     stop = training.early_stopping
     return (state.epoch >= state.stage_start + training.epochs
-            or bool(stop and state.wait > stop.patience))
+            or bool(stop and state.wait > stop.patience) or state.reached is not None)
