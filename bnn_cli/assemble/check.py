@@ -18,6 +18,7 @@ from typing import Any
 
 from bnn_cli._keras import tf
 from bnn_cli.assemble import strategy as distribute
+from bnn_cli.assemble.distillation import teacher_problem
 from bnn_cli.assemble.vetting import load_vetted_model, refuse_run_plugins
 from bnn_cli.config import stages as staging
 from bnn_cli.config.checks import graph_problems, training_problems
@@ -255,8 +256,6 @@ def _check_teacher_file(config: Config, where: Any, path: Path, spec: Teacher,
                         student: CheckedConfig) -> None:
     """The file loads (vetted), takes one input of the student's size (after
     ``input.size``) and gives one output over the student's classes."""
-    from bnn_cli.assemble.distillation import teacher_problem
-
     try:
         model = load_vetted_model(path)
     except UserError as exc:
