@@ -163,6 +163,8 @@ def test_training_from_a_model_file_teacher(tmp_path, capsys, monkeypatch):
      "ok", "stages[0].distill.attention: attention transfer compares the student with one"),
     ("{teacher: []}", "ok", "stages[0].distill.teacher"),
     ("{teacher: [{model: t.h5, wieght: 2}]}", "ok", "wieght"),
+    ("{teacher: [{model: t.h5, input: {scale: [1.0, 2.0]}}]}", "ok",
+     "its input.scale has 2 values; give one, or one per channel (1)"),
 ])
 def test_teacher_mistakes_are_located(tmp_path, capsys, distill, teacher, message):
     if teacher == "garbage":

@@ -219,8 +219,9 @@ def _check_stages(base: CheckedConfig, path: Path, overrides: list[str],
                                        p.location) for p in exc.problems]) from None
         stage = CheckedStage(i, spec.name, checked, spec.distill, spec.set, spec.start)
         if spec.distill is not None:
-            stage.teachers = [_resolve_teacher(stage, k, names, done, config, data_dir,
-                                               folder) for k in range(len(spec.distill.teachers))]
+            stage.teachers = [
+                _resolve_teacher(stage, k, names, done, config, data_dir, folder)
+                for k, _ in enumerate(spec.distill.teachers)]
             problems += staging.distill_problems(
                 config, i, spec.distill, checked.graph,
                 [t.checked.graph if t.checked else None for t in stage.teachers])

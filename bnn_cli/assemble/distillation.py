@@ -15,8 +15,9 @@ The losses of Real-to-Binary (Martinez et al., 2020) and ReActNet (Liu et al., 2
 each weighted as the stage's ``distill`` section says. With several teachers the
 soft-target term is the sum of each one's, times its ``weight``. A teacher is an earlier
 stage, a run directory or a Keras model file (ReActNet's pretrained ResNet-34), which
-sees the student's input through its own ``input`` preprocessing. :class:`Distiller` is what
-``fit`` trains; the student is the model that is checkpointed, evaluated and saved.
+sees the student's input through its own ``input`` preprocessing. :class:`Distiller`
+is what ``fit`` trains; the student is the model that is checkpointed, evaluated and
+saved.
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def teacher_problem(model: keras.Model, spec: Teacher, student_shape: list[int |
             h not in (None, w) for h, w in zip(have, wanted, strict=True)):
         return (f"it takes inputs of shape {have}, but the student's input reaches it as "
                 f"{wanted}; set the teacher's input.size to its height and width")
+    channels = wanted[-1]
+    for key in ("scale", "offset"):
+        value = getattr(spec.input, key) if spec.input else 1.0
+        if isinstance(value, list) and len(value) not in (1, channels):
+            return (f"its input.{key} has {len(value)} values; give one, or one per "
+                    f"channel ({channels})")
     out = model.outputs[0].shape[-1]
     if classes is not None and out != classes:
         return f"it gives {out} outputs, but the dataset has {classes} classes"

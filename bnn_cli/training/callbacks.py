@@ -19,8 +19,15 @@ from bnn_cli.assemble.job import Job
 from bnn_cli.config.monitor import improves, monitor_mode
 from bnn_cli.data import pipeline as datamod
 from bnn_cli.errors import UserError
+from bnn_cli.models import summary_data
 from bnn_cli.rundir.run import atomic_write_json
-from bnn_cli.training.state import LoopState, count_patience, reaches_target
+from bnn_cli.training.state import (
+    LoopState,
+    count_patience,
+    reaches_target,
+    target_monitor,
+    target_record,
+)
 
 
 def current_lr(optimizer: Any) -> float | None:
@@ -241,25 +248,22 @@ class Epochs(keras.callbacks.Callback):
         state, job = self.state, self.job
         examples = job.steps_per_epoch * job.config.spec.training.batch_size
         state.examples += examples
-        macs = dict(state.macs or {})
         for bits, n in self.step_macs.items():
-            macs[bits] = macs.get(bits, 0) + n * examples
-        state.macs = macs
+            state.macs[bits] = state.macs.get(bits, 0) + n * examples
 
     def _reached(self, row: dict[str, Any]) -> bool:
         """The stage reached training.target: it ends here; for the final model, the
         run records when and at what cost."""
         training, state = self.job.config.spec.training, self.state
-        name = training.target.monitor or training.monitor
+        name = target_monitor(training)
         sign = ">=" if monitor_mode(training, name) == "max" else "<="
         sys.stderr.write(f"target reached: {name} {row[name]:.4g} {sign} "
                          f"{training.target.value:g} at epoch {state.epoch}, after "
                          f"{state.wall_time:.1f} s of training\n")
         if self.final:
-            self.job.run.write_record(target={
-                "monitor": name, "value": training.target.value, "reached": row[name],
-                "epoch": state.epoch, **self.stage, "seconds": round(state.wall_time, 2),
-                "examples": state.examples, "training_macs": dict(state.macs or {})})
+            self.job.run.write_record(target=target_record(
+                training, state, row, epoch=state.epoch, **self.stage,
+                seconds=round(state.wall_time, 2)))
         return True
 
 
@@ -268,8 +272,6 @@ def training_macs(job: Job) -> dict[str, int]:
     keys): about 3 x the model's forward MACs (forward, and the backward pass's two
     products), plus one forward pass of each teacher; from bnn's own summary (layers
     whose MACs it does not know count 0)."""
-    from bnn_cli.models import summary_data
-
     cost: dict[str, int] = {}
     teachers = getattr(job.trainer, "teachers", None) or []
     for model, times in [(job.model, 3), *((t, 1) for t in teachers)]:

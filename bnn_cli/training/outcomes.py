@@ -23,7 +23,7 @@ from bnn_cli.plots import plot_history
 from bnn_cli.rundir.run import RunDir, atomic_save
 from bnn_cli.training.callbacks import Guard
 from bnn_cli.training.evaluation import describe_selection, evaluate_checkpoint
-from bnn_cli.training.state import LoopState
+from bnn_cli.training.state import LoopState, target_record
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
 
@@ -60,12 +60,9 @@ def finish(job: Job, state: LoopState) -> TrainResult:
                "best": {job.config.spec.training.monitor: state.best_value,
                         "epoch": state.best_epoch},
                "wall_time": round(state.wall_time, 2)}
-    target = job.config.spec.training.target
-    if target is not None and state.reached is None:  # (reached: recorded then)
-        results["target"] = {"monitor": target.monitor or job.config.spec.training.monitor,
-                             "value": target.value, "reached": None,
-                             "examples": state.examples,
-                             "training_macs": dict(state.macs or {})}
+    training = job.config.spec.training
+    if training.target is not None and state.reached is None:  # (reached: recorded then)
+        results["target"] = target_record(training, state)
     try:
         test = _test_evaluation(job)
     except Exception as exc:  # noqa: BLE001 - the trained run must not be lost

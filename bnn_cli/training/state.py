@@ -5,7 +5,7 @@ stage's epochs are done.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bnn_cli.config.monitor import is_better, monitor_mode
@@ -27,7 +27,7 @@ class LoopState:
     stage_start: int = 0  # began after this many epochs (best and wait are its own)
     reached: int | None = None  # the epoch that reached training.target, in this stage
     examples: int = 0  # training examples seen, all stages
-    macs: dict[str, int] | None = None  # training compute so far, by precision (bits)
+    macs: dict[str, int] = field(default_factory=dict)  # training compute, by precision
 
     def as_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "history": self.history or [],
@@ -35,7 +35,7 @@ class LoopState:
                 "stop_best": self.stop_best, "wait": self.wait, "wall_time": self.wall_time,
                 "stage": self.stage, "stage_start": self.stage_start,
                 "reached": self.reached, "examples": self.examples,
-                "macs": self.macs or {}}
+                "macs": self.macs}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoopState:
@@ -65,16 +65,31 @@ def count_patience(training: TrainingConfig, state: LoopState, row: dict[str, An
         state.wait += 1
 
 
+def target_monitor(training: TrainingConfig) -> str:
+    """The metric ``training.target`` watches: its own ``monitor``, else the run's."""
+    return training.target.monitor or training.monitor
+
+
 def reaches_target(training: TrainingConfig, row: dict[str, Any]) -> bool:
     """Whether an epoch's ``row`` reached ``training.target`` (the one monitor rule
     says which way is better; reaching the value exactly counts)."""
-    target = training.target
-    if target is None:
+    if training.target is None:
         return False
-    name = target.monitor or training.monitor
+    name = target_monitor(training)
     value = row[name]
-    return value <= target.value if monitor_mode(training, name) == "min" \
-        else value >= target.value
+    return value <= training.target.value if monitor_mode(training, name) == "min" \
+        else value >= training.target.value
+
+
+def target_record(training: TrainingConfig, state: LoopState,
+                  row: dict[str, Any] | None = None, **where: Any) -> dict[str, Any]:
+    """run.json's ``target``: the metric and value, what the epoch ``row`` that reached
+    it logged (None: not reached) and ``where`` it was (epoch, stage, seconds), and the
+    examples and training MACs spent until then."""
+    name = target_monitor(training)
+    return {"monitor": name, "value": training.target.value,
+            "reached": row[name] if row else None, **where,
+            "examples": state.examples, "training_macs": dict(state.macs)}
 
 
 def training_done(training: TrainingConfig, state: LoopState) -> bool:
