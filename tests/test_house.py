@@ -155,6 +155,22 @@ def test_the_import_forms_of_the_issue_work(form, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.parametrize("given,expected", [(None, "1"), ("0", "0")])
+def test_importing_bnn_first_turns_on_onednn_unless_the_user_chose(given, expected,
+                                                                   tmp_path, monkeypatch):
+    """TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512 VNNI,
+    BF16 or AMX; bnn's default turns them on before TensorFlow loads (convolution
+    gradients about 2x faster on an AVX2 CPU), and a user's own setting wins."""
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    if given is not None:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", given)
+    proc = _fresh("import bnn_cli, os, sys\n"
+                  "assert 'tensorflow' not in sys.modules\n"
+                  "print(os.environ['TF_ENABLE_ONEDNN_OPTS'])", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == expected
+
+
 def test_the_import_graph_has_no_cycles():
     grimp = pytest.importorskip("grimp")
     graph = grimp.build_graph("bnn_cli")
