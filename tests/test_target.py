@@ -64,6 +64,17 @@ stages:
     assert target["examples"] == 2 * 48
 
 
+def test_every_run_records_its_training_compute_so_far(tmp_path):
+    """run.json's ``compute`` (examples seen, training MACs) is kept at every epoch, with
+    a target or without, so an interrupted run says what it spent too."""
+    run = train_tiny(tmp_path / "runs", "training.epochs=2")
+    info = record(run)
+    assert "target" not in info
+    summary = json.loads((run / "summary.json").read_text())["macs_by_precision"]
+    assert info["compute"] == {"examples": 2 * 48, "training_macs": {
+        bits: 3 * n * 2 * 48 for bits, n in summary.items()}}
+
+
 def test_a_target_on_an_unlogged_metric_is_located(tmp_path, capsys):
     assert main(["check", str(QUICKSTART), "training.target={monitor: val_acc, value: 1}"]) \
         == 2

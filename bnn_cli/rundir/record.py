@@ -32,6 +32,9 @@ class RunRecord:
     best: dict[str, Any] | None = None  # {monitor: value, "epoch": n}
     final: dict[str, Any] | None = None  # the last epoch's history row
     wall_time: float | None = None  # seconds in the training loop
+    # {examples, training_macs}: what training has spent so far (examples seen; about
+    # 3 x the forward MACs per example, plus teachers' forward passes, by precision)
+    compute: dict[str, Any] | None = None
     test: dict[str, Any] | None = None  # the chosen checkpoint's test evaluation
     # training.target: {monitor, value, reached, epoch, stage, seconds, examples,
     # training_macs}: when the final model reached it, and what it cost

@@ -234,7 +234,9 @@ class Epochs(keras.callbacks.Callback):
         sys.stderr.write(_format_row(row) + ("  (best)" if improved else "") + "\n")
         job.run.write_record(status="running", epochs_done=state.epoch,
                              best={monitor: state.best_value, "epoch": state.best_epoch},
-                             final=row, wall_time=round(state.wall_time, 2), **self.stage)
+                             final=row, wall_time=round(state.wall_time, 2),
+                             compute={"examples": state.examples,
+                                      "training_macs": dict(state.macs)}, **self.stage)
         if reached:
             return self._reached(row)
         if stop and state.wait > stop.patience:
