@@ -44,4 +44,14 @@ with _quiet_native_stderr():
     # Probing devices here keeps the "no CUDA driver" line inside the quiet block.
     tf.config.list_physical_devices()
 
-__all__ = ["keras", "tf"]
+
+def in_training_call() -> bool:
+    """Whether the layer being called runs in training mode (``model(x, training=True)``,
+    as ``fit`` calls it). Keras passes ``training`` only to a ``call`` that names it;
+    this reads the same flag for layers whose ``call`` signature is Keras's own."""
+    from tf_keras.src.engine.base_layer_utils import call_context
+
+    return bool(call_context().training)
+
+
+__all__ = ["in_training_call", "keras", "tf"]

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from bnn_cli import activations as _activations  # noqa: F401  registers "hard_tanh"...
 from bnn_cli import constraints as _constraints  # noqa: F401  registers "weight_clip"
 from bnn_cli import quantizers
-from bnn_cli._keras import keras, tf
+from bnn_cli._keras import in_training_call, keras, tf
 from bnn_cli.context import should_quantize
 from bnn_cli.metrics import get_training_metrics
 from bnn_cli.quantized_variable import QuantizedVariable
@@ -204,11 +204,27 @@ class QuantizerMixin:
         return config
 
 
+def _runs_convolution_op(layer: Any) -> bool:
+    """Whether the layer's Keras ``call`` computes through ``convolution_op`` with
+    ``layer.padding``: Conv1D, Conv2D, Conv3D (not their transposes, nor the depthwise and
+    separable convolutions, which call TensorFlow themselves)."""
+    layers = keras.layers
+    return isinstance(layer, (layers.Conv1D, layers.Conv2D, layers.Conv3D)) and \
+        not isinstance(layer, (layers.Conv2DTranspose, layers.Conv3DTranspose))
+
+
 class PadValuesMixin:
     """``padding="same"`` with a constant other than zero (``pad_values``).
 
     With a non-zero ``pad_values`` the layer pads its input explicitly and runs the Keras
     convolution with ``padding="valid"``; with zeros it uses the native padding.
+
+    In training, a plain convolution (Conv1D, Conv2D, Conv3D) skips the padded copy of its
+    input: ``conv(pad(x, v), w) = conv_same(x, w) + conv(pad(0, v), w)``, where the
+    second term is one convolution of a single all-zero example padded with ``v``: it
+    depends only on the kernel, and costs 1/batch of the first. Outside training the
+    explicit padding stays, which is the pattern the Larq Compute Engine converter fuses
+    into its binary convolution.
     """
 
     def __init__(self, *args: Any, pad_values: float = 0.0, **kwargs: Any):
@@ -218,6 +234,8 @@ class PadValuesMixin:
         if self.padding == "causal" and self.pad_values != 0.0:
             raise ValueError("causal padding with pad_values != 0 is not supported")
         self._native_padding = native
+        # (the Keras layers whose call runs convolution_op with self.padding)
+        self._border_term = not native and _runs_convolution_op(self)
 
     def _same_padding(self, spatial_shape: list) -> list[list]:
         """[before, after] per spatial axis that makes "valid" behave like "same"."""
@@ -238,6 +256,11 @@ class PadValuesMixin:
             return [[0, 0], *spatial_pads, [0, 0]]
         return [[0, 0], [0, 0], *spatial_pads]
 
+    def _padded(self, inputs: tf.Tensor) -> tf.Tensor:
+        shape = inputs.shape if inputs.shape[1:].is_fully_defined() else tf.shape(inputs)
+        paddings = self._full_padding(self._same_padding(self._spatial(shape)))
+        return tf.pad(inputs, paddings, constant_values=self.pad_values)
+
     def build(self, input_shape):
         if self._native_padding:
             return super().build(input_shape)
@@ -254,11 +277,20 @@ class PadValuesMixin:
     def call(self, inputs):
         if self._native_padding:
             return super().call(inputs)
-        shape = inputs.shape if inputs.shape[1:].is_fully_defined() else tf.shape(inputs)
-        paddings = self._full_padding(self._same_padding(self._spatial(shape)))
-        inputs = tf.pad(inputs, paddings, constant_values=self.pad_values)
+        if self._border_term and in_training_call():
+            return super().call(inputs)  # convolution_op adds the border term
         with _swapped(self, "padding", "valid"):
-            return super().call(inputs)
+            return super().call(self._padded(inputs))
+
+    def convolution_op(self, inputs, kernel):
+        outputs = super().convolution_op(inputs, kernel)
+        if self.padding != "same" or self._native_padding:
+            return outputs  # (native, or inside call's explicit padding: "valid")
+        # One example of zeros, padded with pad_values: its convolution is the border's
+        # contribution, the same for every example of the batch.
+        one = tf.zeros(tf.concat([[1], tf.shape(inputs)[1:]], 0), outputs.dtype)
+        with _swapped(self, "padding", "valid"):
+            return outputs + super().convolution_op(self._padded(one), kernel)
 
     def get_config(self):
         return {**super().get_config(), "pad_values": float(self.pad_values)}

@@ -241,6 +241,63 @@ def test_pad_values_conv2d_by_hand():
     np.testing.assert_array_equal(y, [[5, 3, 5], [3, 0, 3], [5, 3, 5]])
 
 
+BORDER_CASES = [
+    (bl.QuantConv1D, (4, 9, 3), {"kernel_size": 4, "strides": 2}),
+    (bl.QuantConv2D, (4, 7, 8, 3), {"kernel_size": 3}),
+    (bl.QuantConv2D, (4, 8, 8, 3), {"kernel_size": 3, "strides": 2}),
+    (bl.QuantConv2D, (4, 9, 6, 3), {"kernel_size": (3, 5), "dilation_rate": 2}),
+    (bl.QuantConv3D, (2, 5, 6, 4, 2), {"kernel_size": 3}),
+]
+
+
+def _padded_step(layer, x, training):
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = layer(x, training=training)
+        loss = tf.reduce_sum(y * tf.cos(y))
+    return y.numpy(), tape.gradient(loss, x).numpy(), tape.gradient(loss, layer.kernel).numpy()
+
+
+@pytest.mark.parametrize("cls,shape,kwargs", BORDER_CASES)
+def test_training_border_term_equals_explicit_padding(cls, shape, kwargs):
+    """In training, pad_values=1 is a zero-padded convolution plus the convolution of one
+    padded example of zeros: the same outputs and pseudo-gradients as padding the input
+    (which inference keeps), strided, dilated and with odd and even sizes."""
+    layer = cls(filters=5, padding="same", pad_values=1.0, input_quantizer="ste_sign",
+                kernel_quantizer="ste_sign", **kwargs)
+    x = tf.constant(np.random.default_rng(0).uniform(-1, 1, shape).astype(F32))
+    layer(x)
+    assert layer._border_term
+    inference, training = _padded_step(layer, x, False), _padded_step(layer, x, True)
+    np.testing.assert_array_equal(training[0], inference[0])  # (sums of +-1: exact)
+    for label, a, b in zip(("input", "kernel"), training[1:], inference[1:], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=label)
+
+
+def _ops(layer, shape, training):
+    fn = tf.function(lambda x: layer(x, training=training))
+    graph = fn.get_concrete_function(tf.TensorSpec(shape, tf.float32)).graph
+    return {op.type for op in graph.get_operations()}
+
+
+def test_the_border_term_is_for_training_only():
+    """Training skips the padded copy of the batch; inference (and so the Larq Compute
+    Engine converter) still sees Pad then a "valid" convolution, the pattern it fuses."""
+    layer = bl.QuantConv2D(4, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
+                           kernel_quantizer="ste_sign")
+    layer.build((None, 6, 6, 2))
+    assert "Pad" in _ops(layer, (None, 6, 6, 2), training=False) or \
+        "PadV2" in _ops(layer, (None, 6, 6, 2), training=False)
+    conv_inputs = [op.inputs[0].shape.as_list() for op in tf.function(
+        lambda x: layer(x, training=True)).get_concrete_function(
+        tf.TensorSpec((8, 6, 6, 2), tf.float32)).graph.get_operations()
+        if op.type == "Conv2D"]
+    assert sorted(conv_inputs) == [[1, 8, 8, 2], [8, 6, 6, 2]]  # the batch is not padded
+    depthwise = bl.QuantDepthwiseConv2D(3, padding="same", pad_values=1.0)
+    depthwise.build((None, 6, 6, 2))
+    assert not depthwise._border_term  # (it calls TensorFlow itself: explicit padding)
+
+
 def test_causal_padding_with_pad_values_rejected():
     with pytest.raises(ValueError, match="ausal"):
         bl.QuantConv1D(2, 3, padding="causal", pad_values=1.0)
