@@ -8,7 +8,15 @@ Each run chooses its checkpoint on the validation split held out of the training
 `bnn train` writes it into the run's run.json. Writes docs/accuracy_table.md and .json.
 
     python scripts/accuracy_table.py [--data-dir ../shared/tfds] [--only mnist_bnn]
-        [--skip-fp] [--run mnist_bnn=RUN_DIR --run mnist_bnn:fp=RUN_DIR ...]
+        [--seeds 0 1 2] [--skip-fp] [--run mnist_bnn=RUN_DIR --run mnist_bnn:fp=RUN_DIR ...]
+
+Time to accuracy is given in two more forms beside wall minutes: **reference epochs**, the
+wall time over one epoch of the plain Larq + Keras MNIST script measured on the same
+machine in the same invocation (before and after the runs; `benchmark.reference_epoch`),
+and the **training compute**, multiply-accumulates spent (run.json's `compute`: about 3 x
+the forward MACs per example, times examples seen; binary and real-valued apart). With
+`--seeds`, each seed is its own `bnn train` (`training.seed=S`) and the row gives their
+mean, each seed and the spread; the twin trains with the first seed.
 
 `--run NAME=RUN_DIR` (NAME:fp for the twin) takes that run from an existing run
 directory instead of training it, so the table can be rebuilt without retraining. Each
@@ -26,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+import benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 WARM = ["stages[1].from=best", "stages[1].distill.label_weight=1",
@@ -37,6 +47,11 @@ CONFIGS = {
     "mnist_bnn": {"config": "configs/mnist_bnn.yaml", "dataset": "mnist", "stages": 1},
     "fashion_mnist_bnn": {"config": "configs/fashion_mnist_bnn.yaml",
                           "dataset": "fashion_mnist", "stages": 1},
+    # Time to accuracy (issue 22): the same accuracy in a fraction of the time.
+    "mnist_bnn_fast": {"config": "configs/mnist_bnn_fast.yaml", "dataset": "mnist",
+                       "stages": 1},
+    "fashion_mnist_bnn_fast": {"config": "configs/fashion_mnist_bnn_fast.yaml",
+                               "dataset": "fashion_mnist", "stages": 1},
     "bireal_fashion_two_step": {"config": "configs/recipes/bireal_fashion_two_step.yaml",
                                 "dataset": "fashion_mnist", "stages": 2, "twin": False},
     # ReActNet's recipe (real-valued teacher, linear decay, kernel-only weight decay, two
@@ -72,14 +87,16 @@ FP_OVERRIDES = [
 WALL_FILE = "process_wall.json"  # written by this script beside run.json
 
 
-def train(name: str, fp: bool, data_dir: str, out: Path) -> Path:
-    """Train one config (or its twin) in a fresh folder under ``out``; its run directory."""
+def train(name: str, fp: bool, data_dir: str, out: Path, seed: int | None = None) -> Path:
+    """Train one config (or its twin), with ``seed`` where given, in a fresh folder under
+    ``out``; its run directory."""
     spec = CONFIGS[name]
-    folder = out / (f"{name}-fp" if fp else name)
+    folder = out / ((f"{name}-fp" if fp else name) + ("" if seed is None else f"-s{seed}"))
     folder.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in folder.iterdir()}
     overrides = [*spec.get("overrides", []),
-                 *([*FP_OVERRIDES, f"name={name}-fp"] if fp else [])]
+                 *([*FP_OVERRIDES, f"name={name}-fp"] if fp else []),
+                 *([] if seed is None else [f"training.seed={seed}"])]
     cmd = [sys.executable, "-m", "bnn_cli.cli", "train", str(ROOT / spec["config"]),
            *overrides, "--data-dir", data_dir, "--output", str(folder)]
     print("+", " ".join(cmd), flush=True)
@@ -116,6 +133,10 @@ def read_run(run: Path) -> dict:
         "test_accuracy": info["test"]["metrics"]["accuracy"],
         "test_checkpoint": info["test"]["checkpoint"],
         "selected_on": info["test"]["selected_on"],
+        "compute": info.get("compute"),  # {examples, training_macs} (older runs: none)
+        # validation accuracy against training seconds so far, epoch by epoch
+        "curve": [[round(sum(seconds[:i + 1]), 1), r.get("val_accuracy")]
+                  for i, r in enumerate(rows)],
     }
 
 
@@ -132,35 +153,128 @@ def _given(name: str) -> str:
     return "".join(f" `{o}`" for o in CONFIGS[name].get("overrides", []))
 
 
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+def wall_seconds(run: dict) -> float:
+    """The process's wall time where this script timed it; else run.json's (the training
+    loop only)."""
+    return run["process_seconds"] or run["train_seconds"]
+
+
+def accuracy_cell(runs: list[dict]) -> str:
+    """One run's test accuracy; of several seeds, the mean, each seed and the spread."""
+    acc = [r["test_accuracy"] for r in runs]
+    if len(acc) == 1:
+        return percent(acc[0])
+    each = ", ".join(f"{100 * a:.2f}" for a in acc)
+    return (f"**{percent(_mean(acc))}** mean of {len(acc)} seeds ({each}; spread "
+            f"{100 * (max(acc) - min(acc)):.2f})")
+
+
+def time_cell(runs: list[dict], reference: float | None) -> str:
+    """Mean wall time in reference epochs (the unit measured beside the runs)."""
+    if not reference:
+        return "—"
+    each = [wall_seconds(r) / reference for r in runs]
+    more = f" ({', '.join(f'{e:.0f}' for e in each)})" if len(each) > 1 else ""
+    return f"{_mean(each):.0f}{more}"
+
+
+def compute_cell(runs: list[dict]) -> str:
+    """Mean training multiply-accumulates, binary / real-valued (run.json's compute)."""
+    spent = [r["compute"]["training_macs"] for r in runs if r.get("compute")]
+    if not spent:
+        return "—"
+    binary = _mean([m.get("1", 0) for m in spent])
+    real = _mean([sum(n for bits, n in m.items() if bits != "1") for m in spent])
+    return f"{binary:.2e} / {real:.2e}"
+
+
 def markdown(table: dict) -> str:
     lines = [
-        "| config | stages | epochs | wall time | s / epoch | validation accuracy (best) "
-        "| test accuracy | full-precision test accuracy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| config | stages | epochs | wall time | time to accuracy (reference epochs) "
+        "| s / epoch | validation accuracy (best) | test accuracy "
+        "| full-precision test accuracy | training MACs (binary / real) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    references = set()
     for name, row in table.items():
         bnn, fp = row["bnn"], row.get("fp")
-        # The process's wall time when this script timed it; else run.json's (the
-        # training loop only, marked *).
-        wall = minutes(bnn["process_seconds"]) if bnn["process_seconds"] else \
-            minutes(bnn["train_seconds"]) + " *"
+        runs = row.get("seeds") or [bnn]
+        wall = minutes(_mean([wall_seconds(r) for r in runs]))
+        if not all(r["process_seconds"] for r in runs):
+            wall += " *"
+        reference = row.get("reference_epoch_s")
+        if reference:
+            references.add(f"{reference:.1f} s on {row['cpu']}")
         lines.append(
             f"| `{CONFIGS[name]['config']}`{_given(name)} | {row['stages']} | {bnn['epochs']} "
-            f"| {wall} | {bnn['seconds_per_epoch']} "
+            f"| {wall} | {time_cell(runs, reference)} | {bnn['seconds_per_epoch']} "
             f"| {percent(bnn['val_accuracy'])} (epoch {bnn['best_epoch']}) "
-            f"| {percent(bnn['test_accuracy'])} | {percent(fp and fp['test_accuracy'])} |")
+            f"| {accuracy_cell(runs)} | {percent(fp and fp['test_accuracy'])} "
+            f"| {compute_cell(runs)} |")
     lines += [
         "",
         "Wall time: the whole `bnn train` process (data loading, training, validation every "
         "epoch and the test evaluation) on this machine's 2 CPU cores (* the training loop "
-        "only, from run.json, for a run this script did not time); s / epoch: the median "
-        "epoch. The checkpoint is chosen on the validation split `train[90%:]`, held out of "
+        "only, from run.json, for a run this script did not time); of several seeds, the "
+        "mean. Time to accuracy: that wall time in reference epochs, the epoch time of the "
+        "plain Larq + Keras MNIST script (Larq's MNIST network, batch 64) measured on the "
+        "same machine in the same invocation"
+        + (f" ({'; '.join(sorted(references))})" if references else "")
+        + ". s / epoch and validation: the first seed's median epoch and best epoch. The "
+        "checkpoint is chosen on the validation split `train[90%:]`, held out of "
         "training (`train[:90%]`), by `val_accuracy`; the test accuracy is that "
         "checkpoint's, from run.json's `test` entry. The full-precision twin is the same "
         "network and recipe with every quantizer removed (`FP_OVERRIDES` in "
-        "scripts/accuracy_table.py).",
+        "scripts/accuracy_table.py), trained with the first seed. Training MACs: about 3 x "
+        "the forward pass's per example, times the examples seen (run.json's `compute`).",
     ]
     return "\n".join(lines) + "\n"
+
+
+TARGETS = {"mnist": 0.995, "fashion_mnist": 0.93}  # issue 22's test accuracy to reach
+
+
+def plot(table: dict, path: Path) -> bool:
+    """Validation accuracy against reference epochs, each seed of each row that has seeds
+    and a reference epoch, with the test accuracy targets; whether there was any."""
+    rows = {n: r for n, r in table.items() if r.get("seeds") and r.get("reference_epoch_s")}
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(6 * len(rows), 4), squeeze=False)
+    for ax, (name, row) in zip(axes[0], rows.items(), strict=True):
+        for run in row["seeds"]:
+            x = [t / row["reference_epoch_s"] for t, _ in run["curve"]]
+            ax.plot(x, [100 * a for _, a in run["curve"]], marker=".",
+                    label=f"seed {run['seed']}: test {100 * run['test_accuracy']:.2f} %")
+        target = TARGETS.get(CONFIGS[name]["dataset"])
+        if target:
+            ax.axhline(100 * target, color="grey", linestyle="--", label="test target")
+        ax.axvline(75, color="red", linestyle=":", label="75 reference epochs")
+        low = 100 * min(a for run in row["seeds"] for _, a in run["curve"][1:] if a) - 0.5
+        ax.set_ylim(max(low, 100 * (target or 0.9) - 3), 100)
+        ax.set(title=f"{CONFIGS[name]['config']}", xlabel="training time, reference epochs",
+               ylabel="validation accuracy (%)")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def measure_reference(args: argparse.Namespace) -> float:
+    """One measurement of the reference epoch (see benchmark.reference_epoch)."""
+    seconds = benchmark.reference_epoch(args.data_dir)
+    print(f"reference epoch (plain Larq MNIST script): {seconds:.2f} s", flush=True)
+    return seconds
 
 
 def main() -> int:
@@ -172,13 +286,18 @@ def main() -> int:
                         help="do not train the full-precision twins")
     parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR",
                         help="take NAME (or NAME:fp) from an existing run directory")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                        help="train each config once per seed (training.seed=SEED)")
+    parser.add_argument("--reference-epoch", type=float, metavar="SECONDS",
+                        help="the reference epoch's time, instead of measuring it here")
     parser.add_argument("--out", default=str(ROOT / "runs" / "accuracy_table"),
                         help="where new run directories go")
     parser.add_argument("--table", default=str(ROOT / "docs" / "accuracy_table"),
                         help="output path without extension (.md and .json are written)")
     args = parser.parse_args()
 
-    given: dict[tuple[str, bool], Path] = {}
+    # (NAME, twin?) -> run directories, in seed order (--run may name one several times)
+    given: dict[tuple[str, bool], list[Path]] = {}
     for item in args.run:
         key, sep, path = item.partition("=")
         name, _, kind = key.partition(":")
@@ -187,12 +306,14 @@ def main() -> int:
                          f"NAME one of {', '.join(CONFIGS)}")
         if not (Path(path) / "run.json").is_file():
             parser.error(f"--run {item!r}: {path} has no run.json")
-        given[(name, kind == "fp")] = Path(path)
+        given.setdefault((name, kind == "fp"), []).append(Path(path))
 
     names = args.only or list(CONFIGS)
-    needs_data = any((n, fp) not in given for n in names
-                     for fp in ((False,) if args.skip_fp or not CONFIGS[n].get("twin", True)
-                                else (False, True)))
+    seeds = args.seeds or [None]
+    twins = {n for n in names if CONFIGS[n].get("twin", True)
+             and ((n, True) in given or not args.skip_fp)}
+    needs_data = any(len(given.get((n, False), [])) < len(seeds) for n in names) or \
+        any((n, True) not in given for n in twins)
     if needs_data:
         for n in names:
             if not (Path(args.data_dir) / CONFIGS[n]["dataset"]).is_dir():
@@ -206,23 +327,36 @@ def main() -> int:
     table: dict = json.loads(json_path.read_text()) if json_path.exists() else {}
     table = {k: v for k, v in table.items() if k in CONFIGS}
     out = Path(args.out)
+    reference = [] if args.reference_epoch or not needs_data else [measure_reference(args)]
     for name in names:
         row = {"config": CONFIGS[name]["config"], "stages": CONFIGS[name]["stages"]}
-        for fp in (False, True):
-            if fp and not CONFIGS[name].get("twin", True):
-                continue
-            if fp and args.skip_fp and (name, True) not in given:
-                old = table.get(name, {}).get("fp")
-                if old:
-                    row["fp"] = old  # keep the twin measured before
-                continue
-            run = given.get((name, fp)) or train(name, fp, args.data_dir, out)
-            row["fp" if fp else "bnn"] = read_run(run)
+        ready = given.get((name, False), [])
+        runs = [read_run(ready[i] if i < len(ready)
+                         else train(name, False, args.data_dir, out, seed))
+                for i, seed in enumerate(seeds)]
+        row["bnn"] = runs[0]
+        if args.seeds:
+            row["seeds"] = [{**r, "seed": seed} for r, seed in zip(runs, seeds, strict=True)]
+        if name in twins:
+            twin = given.get((name, True), [None])[0] or \
+                train(name, True, args.data_dir, out, seeds[0])
+            row["fp"] = read_run(twin)
+        elif table.get(name, {}).get("fp"):
+            row["fp"] = table[name]["fp"]  # keep the twin measured before
         table[name] = row
+    if needs_data and not args.reference_epoch:
+        reference.append(measure_reference(args))  # the same hour: before and after
+    for name in names:
+        if args.reference_epoch or reference:
+            table[name]["reference_epoch_s"] = args.reference_epoch or \
+                statistics.median(reference)
+            table[name]["cpu"] = benchmark.imagenet_pipeline.cpu_line(benchmark.cpu_info())
     table = {k: table[k] for k in CONFIGS if k in table}
     table_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(table, indent=2) + "\n")
     table_path.with_suffix(".md").write_text(markdown(table))
+    if plot(table, table_path.parent / "time_to_accuracy.png"):
+        print(f"wrote {table_path.parent / 'time_to_accuracy.png'}")
     print(markdown(table))
     print(f"wrote {table_path.with_suffix('.md')} and {json_path}")
     return 0

@@ -138,17 +138,24 @@ def bench_step(rounds: int) -> dict[str, Any]:
             m.compile("adam", "sparse_categorical_crossentropy", **compile_args)
             m.fit(data.take(3), verbose=0)  # trace and warm up
         times: dict[str, list[float]] = {v: [] for v in variants}
+        cpu: dict[str, list[float]] = {v: [] for v in variants}
         for r in range(rounds):
             for variant, (m, _) in variants.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 m.fit(data, verbose=0)
                 times[variant].append((time.perf_counter() - start) / steps)
+                cpu[variant].append((time.process_time() - start_cpu) / steps)
             progress(f"step {name} round {r + 1}/{rounds}: " + "  ".join(
                 f"{v} {1000 * t[-1]:.1f} ms" for v, t in times.items()))
+        # Wall time is what a user waits; process CPU time (both cores) is what the step
+        # costs, and moves less when the host throttles.
         results[name] = {"batch": batch,
                          "ms_per_step": {v: 1000 * statistics.median(t)
-                                         for v, t in times.items()}}
-    return results
+                                         for v, t in times.items()},
+                         "cpu_ms_per_step": {v: 1000 * statistics.median(t)
+                                             for v, t in cpu.items()}}
+    return {"cpu": cpu_info(), "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+            "networks": results}
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,14 +203,15 @@ TRAIN_CASES = {
 }
 
 
-def _timed_process(cmd: list[str], marker: str, cwd: str) -> dict[str, Any]:
+def _timed_process(cmd: list[str], marker: str, cwd: str,
+                   env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``cmd``; the times at which lines containing ``marker`` appeared (either
     stream), and the process's peak memory (its maximum resident set, as GNU time
     reports it: the rusage of a child forked from this large process would count the
     copy of this one it starts as)."""
     timer = shutil.which("time") or "/usr/bin/time"
     proc = subprocess.Popen([timer, "-f", "BENCH_PEAK_KB %M", *cmd], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=cwd)
+                            stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
     stamps, lines, peak_kb = [], [], None
     for line in proc.stdout:  # read as they come: each line's time is when it was printed
         lines.append(line)
@@ -228,21 +236,45 @@ def bench_train(rounds: int, data_dir: str) -> dict[str, Any]:
                        f"training.batch_size={batch}", f"training.epochs={epochs}",
                        f"training.learning_rate={lr}",
                        *(["--data-dir", data] if data else [])]
-            runs: dict[str, list[dict[str, Any]]] = {"bnn train": [], "plain script": []}
+            plain = [sys.executable, str(script), config, dataset, train, val, str(batch),
+                     str(epochs), str(lr), data]
+            runs: dict[str, list[dict[str, Any]]] = {
+                "bnn train": [], "plain script": [], "plain script, oneDNN": []}
             for r in range(rounds):
                 out = Path(tmp) / f"{name}-{r}"
                 out.mkdir()
                 runs["bnn train"].append(_timed_process(
                     [*bnn_cmd, "--output", str(out)], "  loss ", str(ROOT)))
-                runs["plain script"].append(_timed_process(
-                    [sys.executable, str(script), config, dataset, train, val, str(batch),
-                     str(epochs), str(lr), data, str(out)], "EPOCH-END", str(ROOT)))
+                # The plain script as a user runs it (TensorFlow's defaults for this CPU),
+                # and with the oneDNN kernels that bnn turns on: how much of the
+                # difference is that default.
+                for key, onednn in (("plain script", None), ("plain script, oneDNN", "1")):
+                    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+                    env.update({"TF_ENABLE_ONEDNN_OPTS": onednn} if onednn else {})
+                    runs[key].append(_timed_process([*plain, str(out)], "EPOCH-END",
+                                                    str(ROOT), env=env))
                 progress(f"train {name} round {r + 1}/{rounds}: " + "  ".join(
                     f"{k} {_epoch_time(v[-1]):.2f} s" for k, v in runs.items()))
             results[name] = {
                 k: {"epoch_s": statistics.median(_epoch_time(x) for x in v),
                     "peak_mib": max(x["peak_mib"] for x in v)} for k, v in runs.items()}
     return results
+
+
+def reference_epoch(data_dir: str, epochs: int = 4) -> float:
+    """The time unit of time to accuracy: one epoch of the plain Larq + Keras MNIST script
+    (Larq's MNIST network, batch 64, 60,000 images), the median epoch after the first, as
+    a user runs it: with TensorFlow's own defaults for this CPU (bnn's oneDNN default is
+    taken out of the environment it inherits)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "plain.py"
+        script.write_text(PLAIN_SCRIPT.format(scripts=str(ROOT / "scripts")))
+        config, dataset, train, val, batch, _, lr = TRAIN_CASES["larq_mnist"]
+        run = _timed_process([sys.executable, str(script), config, dataset, train, val,
+                              str(batch), str(epochs), str(lr), data_dir, tmp],
+                             "EPOCH-END", str(ROOT), env=env)
+    return _epoch_time(run)
 
 
 def _epoch_time(run: dict[str, Any]) -> float:
@@ -421,22 +453,33 @@ def progress(line: str) -> None:
 def table(results: dict[str, Any]) -> str:
     out = []
     if "step" in results:
-        out += ["| network (batch) | variant | ms / step | vs full-precision Keras | vs Larq |",
-                "|---|---|---|---|---|"]
-        for name, r in results["step"].items():
-            ms = r["ms_per_step"]
+        step = results["step"]
+        cpu_line = imagenet_pipeline.cpu_line(step["cpu"])
+        out += [f"Training steps on {cpu_line}, TF_ENABLE_ONEDNN_OPTS={step['onednn']}; "
+                "speed relative to full-precision Keras and to Larq "
+                "(> 1: faster), by wall time and by process CPU time:", "",
+                "| network (batch) | variant | ms / step | CPU ms / step "
+                "| vs full precision (wall, CPU) | vs Larq (wall, CPU) |",
+                "|---|---|---|---|---|---|"]
+        for name, r in step["networks"].items():
+            ms, cpu = r["ms_per_step"], r["cpu_ms_per_step"]
             for variant, t in ms.items():
-                out.append(f"| {name} ({r['batch']}) | {variant} | {t:.1f} | "
-                           f"{ms['keras (full precision)'] / t:.2f}x | "
-                           f"{ms['larq'] / t:.2f}x |")
+                c = cpu[variant]
+                fp, lq = "keras (full precision)", "larq"
+                out.append(f"| {name} ({r['batch']}) | {variant} | {t:.1f} | {c:.1f} | "
+                           f"{ms[fp] / t:.2f}x, {cpu[fp] / c:.2f}x | "
+                           f"{ms[lq] / t:.2f}x, {cpu[lq] / c:.2f}x |")
         out.append("")
     if "train" in results:
         out += ["| job | bnn train: epoch | plain script: epoch | speed ratio "
-                "(plain / bnn) | peak memory bnn / plain |", "|---|---|---|---|---|"]
+                "(plain / bnn) | plain script with oneDNN: epoch "
+                "| peak memory bnn / plain |", "|---|---|---|---|---|---|"]
         for name, r in results["train"].items():
             b, p = r["bnn train"], r["plain script"]
+            onednn = r.get("plain script, oneDNN")
+            onednn_s = f"{onednn['epoch_s']:.2f} s" if onednn else "—"
             out.append(f"| {name} | {b['epoch_s']:.2f} s | {p['epoch_s']:.2f} s | "
-                       f"{p['epoch_s'] / b['epoch_s']:.2f} | "
+                       f"{p['epoch_s'] / b['epoch_s']:.2f} | {onednn_s} | "
                        f"{b['peak_mib']:.0f} / {p['peak_mib']:.0f} MiB |")
         out.append("")
     if "pipeline" in results:

@@ -34,14 +34,37 @@ def test_translations_are_the_same_network(config):
     assert not np.allclose(keras_fp(x).numpy(), model(x).numpy())
 
 
-def test_table_has_the_ratios():
-    results = {"step": {"net": {"batch": 8, "ms_per_step": {
-        "keras (full precision)": 10.0, "larq": 12.0, "bnn": 12.0}}},
+def test_table_has_the_ratios_by_wall_and_cpu_time_and_the_cpu():
+    results = {"step": {
+        "cpu": {"model": "Some CPU", "cores": 2, "instruction_sets": ["avx2", "fma"]},
+        "onednn": "1",
+        "networks": {"net": {"batch": 8, "ms_per_step": {
+            "keras (full precision)": 10.0, "larq": 12.0, "bnn": 12.0},
+            "cpu_ms_per_step": {"keras (full precision)": 20.0, "larq": 30.0, "bnn": 16.0}}}},
         "train": {"job": {"bnn train": {"epoch_s": 2.0, "peak_mib": 900},
-                          "plain script": {"epoch_s": 2.2, "peak_mib": 1000}}}}
+                          "plain script": {"epoch_s": 2.2, "peak_mib": 1000},
+                          "plain script, oneDNN": {"epoch_s": 2.1, "peak_mib": 1000}}}}
     text = benchmark.table(results)
-    assert "| net (8) | bnn | 12.0 | 0.83x | 1.00x |" in text
-    assert "| job | 2.00 s | 2.20 s | 1.10 | 900 / 1000 MiB |" in text
+    assert "Some CPU, 2 cores (avx2, fma)" in text and "TF_ENABLE_ONEDNN_OPTS=1" in text
+    assert "| net (8) | bnn | 12.0 | 16.0 | 0.83x, 1.25x | 1.00x, 1.88x |" in text
+    assert "| job | 2.00 s | 2.20 s | 1.10 | 2.10 s | 900 / 1000 MiB |" in text
+
+
+def test_the_reference_epoch_runs_with_tensorflows_own_defaults(monkeypatch):
+    """The unit of time to accuracy is the plain script as a user runs it: bnn's oneDNN
+    default must not leak into it from the measuring process."""
+    seen = {}
+
+    def fake(cmd, marker, cwd, env=None):
+        seen.update(cmd=cmd, env=env)
+        return {"epoch_ends": [0.0, 5.0, 9.0, 14.0], "peak_mib": 1.0}
+
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    monkeypatch.setattr(benchmark, "_timed_process", fake)
+    assert benchmark.reference_epoch("/data") == 5.0
+    assert "TF_ENABLE_ONEDNN_OPTS" not in seen["env"]
+    assert seen["cmd"][2:9] == ["configs/larq_mnist.yaml", "mnist", "train", "test", "64",
+                                "4", "0.001"]
 
 
 def test_epoch_time_is_the_median_gap_between_epoch_lines():
