@@ -112,13 +112,18 @@ def translate(model, target: str):
 # ---------------------------------------------------------------------------------------
 
 
-def bench_step(rounds: int) -> dict[str, Any]:
+def bench_step(rounds: int, batch_size: int | None = None,
+               only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Each of :data:`NETWORKS` (or ``only`` those), at its batch size or ``batch_size``."""
     import numpy as np
 
     from bnn_cli._keras import tf
 
     results = {}
     for name, (config, batch) in NETWORKS.items():
+        if only and name not in only:
+            continue
+        batch = batch_size or batch
         model = bnn_model(config)
         steps = 60 if name == "larq_mnist" else 6
         rng = np.random.default_rng(0)

@@ -159,3 +159,20 @@ def test_imagenet_table_has_the_pipelines_and_the_goal():
     assert "| decoding alone | 1000 | 1250 | 1.11x / 1.00x | 1.00x / 1.00x |" in text
     assert "train met, eval not met" in text
     assert "CPU: Some CPU, 16 cores (avx2)." in text
+
+
+def test_gpu_check_table_names_the_device_and_each_policy():
+    import gpu_check
+
+    step = {"cpu": {"model": "Host CPU", "cores": 16, "instruction_sets": []}, "onednn": "1",
+            "networks": {"binarynet_cifar10": {
+                "batch": 256, "ms_per_step": {"keras (full precision)": 4.0, "larq": 5.0,
+                                              "bnn": 4.0},
+                "cpu_ms_per_step": {"keras (full precision)": 4.0, "larq": 5.0, "bnn": 4.0}}}}
+    results = {"device": {"gpu": True, "name": "1 x NVIDIA H100"}, "step": step,
+               "epochs": {"quickstart": {"float32": 0.5, "mixed_float16": 0.25}},
+               "pipeline": None}
+    text = gpu_check.table(results)
+    assert text.startswith("Device: 1 x NVIDIA H100.")
+    assert "| `bnn train` quickstart | 0.50 s | 0.25 s |" in text
+    assert "| binarynet_cifar10 (256) | bnn | 4.0 | 4.0 | 1.00x, 1.00x | 1.25x, 1.25x |" in text
