@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Where a training step's time goes, by TensorFlow op type: TensorFlow's profiler over
+a few steps of a config's network as bnn trains it and of its full-precision twin (every
+quantizer and clip removed, zero padding), on random data.
+
+    python scripts/profile_step.py [--config configs/mnist_bnn_fast.yaml] [--batch 128]
+        [--steps 10] [--top 15]
+
+Prints, per op type, the milliseconds a step spends in it (summed over the ops the
+profiler saw on TensorFlow's executor threads: ops that run at once both count) and how many such ops a step runs, for
+both networks side by side; the quantizers' elementwise work (Sign, Select, Abs, ...)
+and the copies (Pad, Slice, ...) show up as their own rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import tempfile
+from pathlib import Path
+
+import benchmark
+
+FP_OVERRIDES = [
+    "model.defaults.QuantConv2D.input_quantizer=null",
+    "model.defaults.QuantConv2D.kernel_quantizer=null",
+    "model.defaults.QuantConv2D.kernel_constraint=null",
+    "model.defaults.QuantConv2D.pad_values=0.0",
+]
+
+
+def profile(model, batch: int, steps: int) -> tuple[dict[str, float], dict[str, int]]:
+    """Milliseconds per step and ops per step, by op type."""
+    import numpy as np
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from bnn_cli._keras import tf
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (batch * steps, *model.input_shape[1:])).astype("float32")
+    y = rng.integers(0, model.output_shape[-1], batch * steps)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
+    list(data)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(data.take(2), verbose=0)  # trace and warm up
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        model.fit(data, verbose=0)
+        tf.profiler.experimental.stop()
+        (path,) = Path(logdir).rglob("*.xplane.pb")
+        space = xplane_pb2.XSpace.FromString(path.read_bytes())
+    ms: dict[str, float] = collections.defaultdict(float)
+    count: dict[str, int] = collections.defaultdict(int)
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):  # (the executor's threads)
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                if ":" not in name or "::" in name:  # ops are "scope/name:Type"
+                    continue
+                kind = name.rsplit(":", 1)[-1]
+                ms[kind] += event.duration_ps / 1e9 / steps
+                count[kind] += 1
+    return dict(ms), {k: round(v / steps) for k, v in count.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/mnist_bnn_fast.yaml")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    cpu = benchmark.imagenet_pipeline.cpu_line(benchmark.cpu_info())
+    bnn = profile(benchmark.bnn_model(args.config), args.batch, args.steps)
+    fp = profile(benchmark.bnn_model(args.config, FP_OVERRIDES), args.batch, args.steps)
+    kinds = sorted(set(bnn[0]) | set(fp[0]), key=lambda k: -max(bnn[0].get(k, 0),
+                                                                  fp[0].get(k, 0)))
+    print(f"{args.config}, batch {args.batch}, {args.steps} steps, on {cpu}\n")
+    print("| op type | bnn: ms / step | ops / step | full precision: ms / step | ops / step |")
+    print("|---|---|---|---|---|")
+    for kind in kinds[:args.top]:
+        print(f"| {kind} | {bnn[0].get(kind, 0):.1f} | {bnn[1].get(kind, 0)} "
+              f"| {fp[0].get(kind, 0):.1f} | {fp[1].get(kind, 0)} |")
+    print(f"| all ops | {sum(bnn[0].values()):.1f} | {sum(bnn[1].values())} "
+          f"| {sum(fp[0].values()):.1f} | {sum(fp[1].values())} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
