@@ -167,7 +167,7 @@ def shipped_model(config: Path, tmp_path):
 
 EXPECTED_BINARY = {"quickstart": 2, "larq_mnist": 2, "binarynet_cifar10": 5,
                    "birealnet_cifar10": 12, "seed_dense": 0, "mnist_bnn": 5,
-                   "fashion_mnist_bnn": 5}
+                   "fashion_mnist_bnn": 5, "mnist_bnn_fast": 3, "fashion_mnist_bnn_fast": 3}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
