@@ -7,9 +7,9 @@ quantizer and clip removed, zero padding), on random data.
         [--steps 10] [--top 15]
 
 Prints, per op type, the milliseconds a step spends in it (summed over the ops the
-profiler saw on TensorFlow's executor threads: ops that run at once both count) and how many such ops a step runs, for
-both networks side by side; the quantizers' elementwise work (Sign, Select, Abs, ...)
-and the copies (Pad, Slice, ...) show up as their own rows.
+profiler saw on TensorFlow's executor threads: ops that run at once both count) and how
+many such ops a step runs, for both networks side by side; the quantizers' elementwise
+work (Sign, Select, Abs, ...) and the copies (Pad, Slice, ...) show up as their own rows.
 """
 
 from __future__ import annotations
