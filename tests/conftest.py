@@ -13,6 +13,10 @@ import os
 import pytest
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
+# bnn's own default (bnn_cli/__init__.py), set before TensorFlow loads here as importing
+# bnn_cli first would: runs in this process then compute with the same kernels as the
+# `bnn` subprocesses that tests start, resume or compare with.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 # larq is a test extra; the tests that need it skip without it.
 with contextlib.suppress(ImportError):
