@@ -153,10 +153,6 @@ def _given(name: str) -> str:
     return "".join(f" `{o}`" for o in CONFIGS[name].get("overrides", []))
 
 
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values)
-
-
 def wall_seconds(run: dict) -> float:
     """The process's wall time where this script timed it; else run.json's (the training
     loop only)."""
@@ -169,7 +165,7 @@ def accuracy_cell(runs: list[dict]) -> str:
     if len(acc) == 1:
         return percent(acc[0])
     each = ", ".join(f"{100 * a:.2f}" for a in acc)
-    return (f"**{percent(_mean(acc))}** mean of {len(acc)} seeds ({each}; spread "
+    return (f"**{percent(statistics.fmean(acc))}** mean of {len(acc)} seeds ({each}; spread "
             f"{100 * (max(acc) - min(acc)):.2f})")
 
 
@@ -179,7 +175,7 @@ def time_cell(runs: list[dict], reference: float | None) -> str:
         return "—"
     each = [wall_seconds(r) / reference for r in runs]
     more = f" ({', '.join(f'{e:.0f}' for e in each)})" if len(each) > 1 else ""
-    return f"{_mean(each):.0f}{more}"
+    return f"{statistics.fmean(each):.0f}{more}"
 
 
 def compute_cell(runs: list[dict]) -> str:
@@ -187,8 +183,8 @@ def compute_cell(runs: list[dict]) -> str:
     spent = [r["compute"]["training_macs"] for r in runs if r.get("compute")]
     if not spent:
         return "—"
-    binary = _mean([m.get("1", 0) for m in spent])
-    real = _mean([sum(n for bits, n in m.items() if bits != "1") for m in spent])
+    binary = statistics.fmean([m.get("1", 0) for m in spent])
+    real = statistics.fmean([sum(n for bits, n in m.items() if bits != "1") for m in spent])
     return f"{binary:.2e} / {real:.2e}"
 
 
@@ -203,7 +199,7 @@ def markdown(table: dict) -> str:
     for name, row in table.items():
         bnn, fp = row["bnn"], row.get("fp")
         runs = row.get("seeds") or [bnn]
-        wall = minutes(_mean([wall_seconds(r) for r in runs]))
+        wall = minutes(statistics.fmean([wall_seconds(r) for r in runs]))
         if not all(r["process_seconds"] for r in runs):
             wall += " *"
         reference = row.get("reference_epoch_s")
@@ -346,11 +342,12 @@ def main() -> int:
         table[name] = row
     if needs_data and not args.reference_epoch:
         reference.append(measure_reference(args))  # the same hour: before and after
-    for name in names:
-        if args.reference_epoch or reference:
+    if args.reference_epoch or reference:
+        cpu = benchmark.imagenet_pipeline.cpu_line(benchmark.cpu_info())
+        for name in names:
             table[name]["reference_epoch_s"] = args.reference_epoch or \
                 statistics.median(reference)
-            table[name]["cpu"] = benchmark.imagenet_pipeline.cpu_line(benchmark.cpu_info())
+            table[name]["cpu"] = cpu
     table = {k: table[k] for k in CONFIGS if k in table}
     table_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(table, indent=2) + "\n")

@@ -21,13 +21,7 @@ import tempfile
 from pathlib import Path
 
 import benchmark
-
-FP_OVERRIDES = [
-    "model.defaults.QuantConv2D.input_quantizer=null",
-    "model.defaults.QuantConv2D.kernel_quantizer=null",
-    "model.defaults.QuantConv2D.kernel_constraint=null",
-    "model.defaults.QuantConv2D.pad_values=0.0",
-]
+from accuracy_table import FP_OVERRIDES
 
 
 def profile(model, batch: int, steps: int) -> tuple[dict[str, float], dict[str, int]]:
