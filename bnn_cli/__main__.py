@@ -1,7 +1,8 @@
 """``python -m bnn_cli ARGS`` is ``bnn ARGS``.
 
-A sweep starts each trial as ``python -m bnn_cli --trial-of SWEEP_PID train ...``: the
-trial ties itself to the sweep before it runs. The kernel sends it SIGTERM when the
+A sweep starts each trial as ``python -m bnn_cli --child-of SWEEP_PID train ...`` (and
+``bnn sweep --jobs N`` its N sweep processes as ``... --child-of PID sweep ...``): the
+child ties itself to its parent before it runs. The kernel sends it SIGTERM when the
 sweep process dies, however it dies (Linux ``PR_SET_PDEATHSIG``), so the trial of a
 killed sweep saves a checkpoint and ends ``interrupted`` instead of training on with no
 one to read it; and it leaves the sweep's process group, so a Ctrl-C at the terminal
@@ -16,7 +17,7 @@ import os
 import signal
 import sys
 
-TRIAL_OF = "--trial-of"
+CHILD_OF = "--child-of"
 
 
 def _tie_to(parent: int) -> bool:
@@ -32,7 +33,7 @@ def _tie_to(parent: int) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == [TRIAL_OF]:
+    if argv[:1] == [CHILD_OF]:
         if not _tie_to(int(argv[1])):
             return 143
         argv = argv[2:]

@@ -385,8 +385,10 @@ def sweep(
                                                   "samples the same trials).",
                                              show_default=False)] = None,
     storage: Annotated[str | None, typer.Option(
+        envvar="BNN_SWEEP_STORAGE",
         help="Optuna storage URL (default: sqlite:///DIR/study.db); hosts that run the "
-             "same command with one postgresql:// or mysql:// URL share the study.",
+             "same command with one postgresql:// or mysql:// URL share the study. Or set "
+             "BNN_SWEEP_STORAGE, which keeps a password off the command line.",
         show_default=False)] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: the sweep "
                                                    "folder's name).", show_default=False)]
@@ -398,6 +400,11 @@ def sweep(
                                                         "metric is worse than the median of "
                                                         "earlier trials at the same epoch.")]
     = False,
+    jobs: Annotated[int, typer.Option(help="Trials at once on this machine, each its own "
+                                           "process, all in the one study.")] = 1,
+    grace: Annotated[int, typer.Option(help="Seconds a trial's worker may go without a "
+                                            "heartbeat before another process of the study "
+                                            "counts it dead and resumes the trial.")] = 120,
     data_dir: DataDir = None,
     json_: JsonFlag = False,
 ) -> None:
@@ -406,7 +413,7 @@ def sweep(
 
     report = run_sweep(SweepSettings(config, list(args or []), search=search, trials=trials,
                                      seed=seed, storage=storage, study=study, output=output,
-                                     prune=prune, data_dir=data_dir))
+                                     prune=prune, data_dir=data_dir, jobs=jobs, grace=grace))
     _show(report, json_)
     raise typer.Exit(report.exit_code)
 

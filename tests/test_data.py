@@ -428,3 +428,21 @@ def test_training_epochs_depend_on_the_epoch_alone(digits_dir: str, shuffle_buff
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_array_equal(xa, xb)
     assert not np.array_equal(from_start[0][1], from_start[steps][1])
+
+
+def test_processes_that_prepare_the_digits_at_once_all_succeed(tmp_path: Path) -> None:
+    """Sweep jobs, or hosts sharing a data_dir, start at once on a fresh machine: each
+    `bnn check` prepares the embedded digits (one at a time, under a lock), none fails."""
+    import subprocess
+    import sys
+
+    from conftest import QUICKSTART
+
+    fresh = tmp_path / "fresh-tfds"
+    procs = [subprocess.Popen([sys.executable, "-m", "bnn_cli.cli", "check", str(QUICKSTART),
+                               "--data-dir", str(fresh)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for proc in procs:
+        err = proc.communicate(timeout=300)[1]
+        assert proc.returncode == 0, err[-2000:]
+    assert len(list(fresh.glob("sklearn_digits/*/dataset_info.json"))) == 1

@@ -17,6 +17,7 @@ from conftest import QUICKSTART
 
 from bnn_cli.cli import main
 from bnn_cli.experiments import space as spacemod
+from bnn_cli.experiments import study as study_mod
 from bnn_cli.experiments import sweep as sweepmod
 from bnn_cli.rundir.run import RunDir, lock_holder
 
@@ -262,8 +263,13 @@ def test_a_sweep_killed_in_its_second_trial_resumes_it_and_runs_no_trial_twice(t
     runs = _trial_dirs(folder)
     assert len(runs) == 3  # the interrupted trial was resumed in place, not started over
     study = _study(folder)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    assert sorted(t.params[LR] for t in study.trials) == ["0.001", "0.003", "0.01"]
+    trials = study_mod.sweep_trials(study.trials)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert sorted(t.params[LR] for t in trials) == ["0.001", "0.003", "0.01"]
+    # The killed sweep's trial was failed at once (its process is gone from this host)
+    # and queued again by Optuna's retry callback; the retry resumed it.
+    assert [t.number for t in study.trials if t.state.name == "FAIL"] == [1]
+    assert [t.system_attrs.get("failed_trial") for t in trials] == [None, None, 1]
     rows = [json.loads(x) for x in (second / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     logs = {p.name: p.read_text() for p in (folder / "logs").iterdir()}
@@ -304,6 +310,8 @@ def test_bad_options_are_clean_errors(tmp_path, capsys):
     for extra, message in ((["--search", "bayes"], "not a search"),
                            (["--trials", "3"], "--trials is for --search random"),
                            (["--search", "random", "--trials", "0"], "positive number"),
+                           (["--jobs", "0"], "--jobs 0: give the number of trials"),
+                           (["--grace", "1"], "--grace 1: give at least 2 seconds"),
                            (["--storage", "nosuchdb://u:secret@h/x"],
                             "cannot open the Optuna storage 'nosuchdb://u:***@h/x'")):
         assert main(["sweep", str(QUICKSTART), f"{LR}=0.001,0.01", *extra,

@@ -14,6 +14,7 @@ is prepared into the data_dir on first use.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import sys
@@ -215,7 +216,7 @@ def _open_builder(data: schema.DataConfig, data_dir: str | None) -> tfds.core.Da
             f"{_versions_hint(name, data_dir)}"
         ) from None
     if not builder.is_prepared() and name in EMBEDDED_DATASETS:
-        _prepare_embedded(builder, data_dir)
+        builder = _prepare_embedded(builder, data.dataset, data_dir)
     if not builder.is_prepared():
         raise _not_prepared(data.dataset, builder, data_dir)
     _check_keys(builder, data)
@@ -240,18 +241,29 @@ def _parse_name(dataset: str) -> str:
     return name.name
 
 
-def _prepare_embedded(builder: tfds.core.DatasetBuilder, data_dir: str | None) -> None:
-    """Write an embedded dataset into the data_dir; it reads local files, never the network."""
+def _prepare_embedded(builder: tfds.core.DatasetBuilder, dataset: str,
+                      data_dir: str | None) -> tfds.core.DatasetBuilder:
+    """Write an embedded dataset into the data_dir; it reads local files, never the network.
+    One process at a time (a lock file beside it): sweeps' jobs, or hosts sharing a
+    data_dir, start at once on a fresh machine, and TFDS's rename into place fails for all
+    but one. Returns the prepared builder."""
     config = tfds.download.DownloadConfig(try_download_gcs=False)
     try:
-        # TFDS prints its progress to stdout; keep stdout for results (`--json`).
-        with contextlib.redirect_stdout(sys.stderr):
-            builder.download_and_prepare(download_config=config)
+        folder = Path(builder.data_dir).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / ".prepare.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # (released when the file closes)
+            builder = tfds.builder(dataset, data_dir=data_dir)  # (another may have done it)
+            if not builder.is_prepared():
+                # TFDS prints its progress to stdout; keep stdout for results (`--json`).
+                with contextlib.redirect_stdout(sys.stderr):
+                    builder.download_and_prepare(download_config=config)
     except OSError as err:
         raise UserError(
             f"could not prepare dataset {builder.name!r} into {_where(data_dir)}: {err}; "
             "point `data_dir` (config), `--data-dir` or $TFDS_DATA_DIR at a writable folder"
         ) from None
+    return builder
 
 
 class DataKeyError(UserError):

@@ -15,13 +15,15 @@ stop a hopeless trial; its run ends interrupted, marked ``pruned`` in run.json.
 
 The study is the sweep's memory. Its trials record the host and process that run them and
 the run directory. Started again with the same command, a sweep skips finished trials
-(complete, pruned, failed) and first resumes its own trials left ``RUNNING`` by a killed
-sweep on this host (``bnn train --resume`` of the run directory, or a fresh start when the
-kill came before the run directory existed), then asks Optuna for new ones until the grid
-is done or ``--trials`` are. A trial whose process failed (a non-finite loss, a value only
-training could refuse) is told to Optuna as failed, with the reason, and the sweep goes
-on. Several hosts may run the same command against one database (``--storage``): each
-takes new trials from the shared study and leaves the others' running trials alone.
+(complete, pruned, failed); a trial whose worker is gone (a killed sweep: its process is
+gone from this host, or its heartbeat stopped, from any host) is failed and queued again
+by Optuna's retry callback, and its retry resumes the run directory (``bnn train
+--resume``; a fresh start where no run directory is to be seen). Then new trials, until
+the grid is done or ``--trials`` are. A trial whose process failed (a non-finite loss, a
+value only training could refuse) is told to Optuna as failed, with the reason, and the
+sweep goes on. Several processes share one study: ``--jobs N`` on this machine, or the
+same command on several hosts against one database (``--storage``); how they keep out of
+each other's way is :mod:`bnn_cli.experiments.study`'s.
 """
 
 from __future__ import annotations
@@ -30,14 +32,12 @@ import contextlib
 import csv
 import hashlib
 import io
-import json
 import math
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,6 +48,7 @@ from bnn_cli.assemble.check import check
 from bnn_cli.config.monitor import monitor_mode
 from bnn_cli.config.source import flattened_text
 from bnn_cli.errors import UserError
+from bnn_cli.experiments import study as study_mod
 from bnn_cli.experiments.space import (
     Param,
     Space,
@@ -56,6 +57,7 @@ from bnn_cli.experiments.space import (
     points_to_check,
     yaml_number,
 )
+from bnn_cli.experiments.study import join_study, load_optuna, masked, open_storage
 from bnn_cli.plots import plot_sweep
 from bnn_cli.rundir.record import RunRecord
 from bnn_cli.rundir.run import RunDir, atomic_write_text, lock_holder, safe_name
@@ -81,6 +83,8 @@ class SweepSettings:
     output: Path | None = None
     prune: bool = False
     data_dir: str | None = None
+    grace: int = study_mod.DEFAULT_GRACE_S  # seconds without a heartbeat: the worker is dead
+    jobs: int = 1  # trials at once on this machine, each a sweep process of its own
     pruner: Any = None  # an Optuna pruner in place of --prune's median one (Python callers)
 
 
@@ -193,15 +197,6 @@ def _say(text: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def _optuna():
-    try:
-        import optuna
-    except ImportError:  # (a main dependency; a broken install)
-        raise UserError("bnn sweep needs the optuna package: pip install optuna") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
-
-
 def check_points(settings: SweepSettings, space: Space) -> Any:
     """``bnn check`` every config the sweep can make (each grid point; for random/TPE each
     range's ends and each listed value) before anything is written. Returns the first
@@ -241,68 +236,31 @@ def _definition(settings: SweepSettings, space: Space) -> dict[str, Any]:
 
 def _open_study(settings: SweepSettings, space: Space, folder: Path, mode: str,
                 definition: dict[str, Any]) -> Any:
-    optuna = _optuna()
+    optuna = load_optuna()
     name = settings.study or folder.name
-    storage = settings.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
-    shown = masked(storage)
+    url = storage_url(settings, folder, shown=False)
+    shown = masked(url)
     # (Steps are epochs, from 1: no trial is judged on its first epoch alone.)
     pruner = settings.pruner or optuna.pruners.MedianPruner(n_startup_trials=2,
                                                             n_warmup_steps=2)
     if not settings.prune:
         pruner = optuna.pruners.NopPruner()
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
-                                    direction="maximize" if mode == "max" else "minimize",
-                                    sampler=_sampler(settings, space, 0), pruner=pruner)
-    except ValueError as exc:  # e.g. a direction that differs from the stored study's
-        raise UserError(f"study {name!r} in {shown}: {exc}; use another --study") from None
-    except ImportError as exc:  # a database driver that is not installed
-        raise UserError(f"cannot open the Optuna storage {shown!r}: {exc} (its driver: "
-                        "pip install psycopg2-binary for postgresql://, pymysql for "
-                        "mysql+pymysql://)") from None
-    except Exception as exc:  # noqa: BLE001 - a database URL that does not open
-        if type(exc).__module__.startswith(("sqlalchemy", "optuna")):
-            raise UserError(f"cannot open the Optuna storage {shown!r}: "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}. Check "
-                            "the URL (sqlite:///FILE, postgresql://USER:PASS@HOST/DB, "
-                            "mysql+pymysql://...) and that its driver is installed") from None
-        raise
-    stored = study.user_attrs.get("sweep")
-    if stored is None:
-        study.set_user_attr("sweep", definition)
-    elif stored != definition:
-        differs = sorted(k for k in definition if stored.get(k) != definition.get(k))
-        raise UserError(f"study {name!r} in {shown} holds another sweep (its "
-                        f"{', '.join(differs)} differ{'s' if len(differs) == 1 else ''}: "
-                        f"{json.dumps({k: stored.get(k) for k in differs})}). Run that "
-                        "sweep's command to continue it, or start this one elsewhere with "
-                        "--output DIR (or --study NAME)")
-    return study
+    storage = open_storage(url, settings.grace)
+    queue = space.grid() if settings.search == "grid" else []
+    return join_study(storage, name, "maximize" if mode == "max" else "minimize",
+                      _sampler(settings, space, 0), pruner, definition, queue, shown)
 
 
 def _sampler(settings: SweepSettings, space: Space, index: int) -> Any:
     """The sampler for the sweep's trial number ``index``. Random and TPE samplers are
     seeded per trial (seed, index), so a resumed sweep samples what an uninterrupted one
-    would have, instead of restarting its random stream at trial 1."""
-    optuna = _optuna()
-    if settings.search == "grid":
-        # (The grid's order must be the same in every process of the sweep.)
-        return _grid_sampler(optuna)(space.search_space(), seed=settings.seed or 0)
+    would have, instead of restarting its random stream at trial 1. (A grid's trials are
+    queued in the study: a grid sweep's sampler only sees surplus asks, never run.)"""
+    optuna = load_optuna()
     seed = None if settings.seed is None else settings.seed * 100_003 + index
-    if settings.search == "random":
+    if settings.search in ("grid", "random"):
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
-
-
-def _grid_sampler(optuna: Any) -> type:
-    """Optuna's GridSampler, without its ``study.stop()`` once the grid is done (which
-    works only inside ``study.optimize``; the sweep counts its trials itself)."""
-
-    class Grid(optuna.samplers.GridSampler):
-        def after_trial(self, study, trial, state, values) -> None:
-            return None
-
-    return Grid
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,65 +268,37 @@ def _grid_sampler(optuna: Any) -> type:
 # ---------------------------------------------------------------------------------------
 
 
-def _process_start(pid: int) -> str | None:
-    """A process's start time (clock ticks after boot, /proc): with the pid, it names
-    one process even after the pid is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()[19]
-
-
-def _owner() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "pid_start": _process_start(os.getpid())}
-
-
-def _alive(owner: dict[str, Any]) -> bool:
-    """Whether the sweep process a trial names is still running (on this host)."""
-    pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    start = owner.get("pid_start")
-    return start is None or _process_start(pid) in (None, start)
-
-
 class _Signals:
-    """SIGINT/SIGTERM to the sweep: passed on to the running trial (which saves a
-    checkpoint and ends interrupted; a second signal stops it at once, as ``bnn train``);
-    the sweep then stops (the trial stays RUNNING in the study, to be resumed)."""
+    """SIGINT/SIGTERM to the sweep: passed on to its children, the running trial (which
+    saves a checkpoint and ends interrupted; a second signal stops it at once, as ``bnn
+    train``) or ``--jobs``' sweep processes (which pass it on to theirs); the sweep then
+    stops (a trial stays RUNNING in the study, to be resumed)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self.child: subprocess.Popen | None = None
-        self.told: subprocess.Popen | None = None  # the child the signal was passed to
+        self.children: list[subprocess.Popen] = []
+        self.told: set[int] = set()  # the pids the signal was passed to
 
     def handler(self, signum, frame) -> None:
         first = self.received is None
         self.received = signum
-        if not first and self.told is self.child:  # a second one: the trial stops at once
-            self.told = None
+        if not first:  # a second one: the trial stops at once
+            self.told.clear()
         self.pass_on()
         if first:
             _say(f"\n{signal.Signals(signum).name}: stopping the trial (it saves a "
                  "checkpoint); run the same command again to resume the sweep")
 
     def pass_on(self) -> None:
-        """Give the running trial the signal received, once (the poll loop calls this
-        too, for a signal that came while the trial was starting)."""
-        child = self.child
-        if self.received is not None and child is not None and self.told is not child \
-                and child.poll() is None:
-            self.told = child
-            with contextlib.suppress(OSError):
-                child.send_signal(self.received)
+        """Give each running child the signal received, once (the poll loop calls this
+        too, for a signal that came while a child was starting)."""
+        if self.received is None:
+            return
+        for child in list(self.children):
+            if child.pid not in self.told and child.poll() is None:
+                self.told.add(child.pid)
+                with contextlib.suppress(OSError):
+                    child.send_signal(self.received)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Signals]:
@@ -391,15 +321,21 @@ class _Signals:
 
 @dataclass
 class _Trial:
-    number: int  # Optuna's (0-based); the sweep's trial number is number + 1
+    number: int  # Optuna's (0-based)
     trial_id: int
     params: dict[str, str]
+    origin: int  # the number of the trial this one retries (its own if none)
     run_dir: Path | None = None
     reported: set[int] = field(default_factory=set)
 
     @property
     def label(self) -> str:
-        return f"{self.number + 1:04d}"
+        """The sweep's trial number, ``origin + 1`` (a retry keeps its trial's)."""
+        return f"{self.origin + 1:04d}"
+
+    @property
+    def shown(self) -> int:
+        return self.origin + 1
 
 
 class _Runner:
@@ -413,26 +349,51 @@ class _Runner:
 
     # -- which trials ----------------------------------------------------------------------
 
-    def abandoned(self) -> list[Any]:
-        """This host's RUNNING trials whose sweep process is gone (a killed sweep)."""
-        optuna = _optuna()
-        out = []
-        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            owner = t.user_attrs.get("owner") or {}
-            if owner.get("host") not in (None, socket.gethostname()):
-                continue  # another host's: it resumes its own
-            if not owner and time.time() - t.datetime_start.timestamp() < 60:
-                continue  # (asked a moment ago by a process that is about to say so)
-            if owner and _alive(owner) and owner.get("pid") != os.getpid():
-                continue  # (this process runs one sweep at a time: its own are over)
-            out.append(t)
-        return out
+    def more_to_ask(self) -> bool:
+        """Whether the study has trials to give out: queued ones (a grid's points, the
+        retries of dead workers' trials), or fewer sampled trials than asked for."""
+        optuna = load_optuna()
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
+            return True
+        return self.settings.search != "grid" and self.sampled(trials) < self.total
+
+    def sampled(self, trials: list[Any]) -> int:
+        """How many trials the study's samplers made (retries and surplus not counted)."""
+        return sum(1 for t in trials if "failed_trial" not in t.system_attrs
+                   and not study_mod.is_surplus(t))
+
+    def claim(self, handle: Any) -> _Trial | None:
+        """The asked trial, now this process's; None if it is surplus (told failed)."""
+        optuna = load_optuna()
+        storage, frozen = self.study._storage, handle._cached_frozen_trial
+        storage.record_heartbeat(handle._trial_id)
+        storage.set_trial_user_attr(handle._trial_id, "owner", study_mod.owner())
+        queued = "fixed_params" in frozen.system_attrs or "failed_trial" in frozen.system_attrs
+        if self.settings.search == "grid" and not queued or not queued and self.surplus(frozen):
+            storage.set_trial_user_attr(handle._trial_id, "surplus", True)
+            self.study.tell(handle.number, state=optuna.trial.TrialState.FAIL)
+            return None
+        # (A queued or retried trial's values come back as queued: the study records them.)
+        point = {p.key: p.suggest(handle, self.settings.search) for p in self.space.params}
+        storage.set_trial_user_attr(handle._trial_id, "point", point)
+        trial = _Trial(handle.number, handle._trial_id, dict(point), study_mod.origin(frozen),
+                       reported=set(frozen.intermediate_values))
+        known = frozen.user_attrs.get("run_dir")
+        if known and RunDir.is_run(Path(known)):  # (a retry, on a host that sees the run)
+            trial.run_dir = Path(known)
+        return trial
+
+    def surplus(self, frozen: Any) -> bool:
+        """A sampled trial asked for after the study had all of its trials."""
+        earlier = [t for t in self.study.get_trials(deepcopy=False) if t.number < frozen.number]
+        return self.sampled(earlier) >= self.total
 
     def run_dir_of(self, trial: _Trial) -> Path | None:
         """The trial's run directory: ``trials/NAME-trial-NNNN-<timestamp>``."""
         if trial.run_dir is not None:
             return trial.run_dir
-        prefix = f"{self.name}-trial-{trial.label}-"
+        prefix = f"{self.name}-trial-{trial.label}-"  # (a retry's: its trial's label)
         with contextlib.suppress(OSError):
             found = sorted(p for p in self.trials_dir.iterdir()
                            if p.is_dir() and p.name.startswith(prefix)
@@ -446,7 +407,7 @@ class _Runner:
     # -- running ---------------------------------------------------------------------------
 
     def command(self, trial: _Trial, resume: bool) -> list[str]:
-        base = [sys.executable, "-m", "bnn_cli", "--trial-of", str(os.getpid()), "train"]
+        base = [sys.executable, "-m", "bnn_cli", "--child-of", str(os.getpid()), "train"]
         data = ["--data-dir", self.settings.data_dir] if self.settings.data_dir else []
         if resume:
             # (The sweep made this run directory from the user's own config.)
@@ -458,7 +419,7 @@ class _Runner:
 
     def run(self, trial: _Trial, resume: bool) -> tuple[str, Any]:
         """Train the trial to its end; (Optuna state name, value or reason)."""
-        optuna = _optuna()
+        optuna = load_optuna()
         handle = optuna.trial.Trial(self.study, trial.trial_id)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.logs_dir / f"trial-{trial.label}.log"
@@ -469,7 +430,7 @@ class _Runner:
             log.flush()
             child = subprocess.Popen(self.command(trial, resume), stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT, env=env)
-            self.signals.child = child
+            self.signals.children = [child]
             try:
                 while True:
                     self.signals.pass_on()  # (a signal that came just before Popen)
@@ -485,7 +446,7 @@ class _Runner:
                         child.send_signal(signal.SIGTERM)
                     time.sleep(_POLL_S)
             finally:
-                self.signals.child = None
+                self.signals.children = []
         return self.outcome(trial, code, pruned_at, log_path)
 
     def report_epochs(self, trial: _Trial, handle: Any) -> int | None:
@@ -558,7 +519,7 @@ class _Runner:
             time.sleep(0.5)
 
     def best_line(self) -> str:
-        optuna = _optuna()
+        optuna = load_optuna()
         done = self.study.get_trials(deepcopy=False,
                                      states=(optuna.trial.TrialState.COMPLETE,))
         if not done:
@@ -596,6 +557,12 @@ def run_sweep(settings: SweepSettings) -> SweepReport:
     if not Path(settings.config).is_file():
         raise UserError(f"{settings.config} is not a file; give the YAML config to sweep, "
                         "e.g. bnn sweep configs/quickstart.yaml training.epochs=5,10")
+    if settings.jobs < 1:
+        raise UserError(f"--jobs {settings.jobs}: give the number of trials to run at once "
+                        "(1 or more)")
+    if settings.grace < 2:
+        raise UserError(f"--grace {settings.grace}: give at least 2 seconds (a trial's worker "
+                        "sends a heartbeat every quarter of the grace period)")
     total = len(space.grid()) if settings.search == "grid" else (settings.trials or 10)
     checked = check_points(settings, space)
 
@@ -624,86 +591,139 @@ def run_sweep(settings: SweepSettings) -> SweepReport:
          f"{settings.config}, {monitor} ({mode}); folder {folder}")
     stopped = None
     with signals.installed():
-        stopped = _drive(runner, settings, total)
+        stopped, failed = (_run_jobs(settings, folder, study.study_name, signals)
+                           if settings.jobs > 1 else (_drive(runner, settings, total), False))
     report = collect(study, folder, space.keys, monitor, mode, storage_url(settings, folder))
     report.stopped = stopped
     if stopped:
-        report.exit_code = signals.exit_code if signals.received else EXIT_SIGTERM
+        report.exit_code = 1 if failed else \
+            signals.exit_code if signals.received else EXIT_SIGTERM
     elif not any(r["state"] == "completed" for r in report.rows):
         report.exit_code = 1
     write_results(report, space)
     return report
 
 
-def storage_url(settings: SweepSettings, folder: Path) -> str:
-    """The storage's URL as shown (its password masked)."""
-    return masked(settings.storage or f"sqlite:///{(folder / 'study.db').resolve()}")
+def storage_url(settings: SweepSettings, folder: Path, *, shown: bool = True) -> str:
+    """The storage's URL (as shown: its password masked)."""
+    url = settings.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    return masked(url) if shown else url
 
 
-def masked(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", url)
+def _run_jobs(settings: SweepSettings, folder: Path, study: str,
+              signals: _Signals) -> tuple[str | None, bool]:
+    """``--jobs N``: N sweep processes on this machine, each taking trials from the one
+    study as hosts would, their progress on this stderr, each line marked ``[job K]``.
+    Each gets 1/N of the CPU threads (unless the environment sets them) and, where
+    ``CUDA_VISIBLE_DEVICES`` lists several GPUs, its share of them."""
+    base = [sys.executable, "-m", "bnn_cli", "--child-of", str(os.getpid()), "sweep",
+            str(settings.config), *settings.args, "--search", settings.search,
+            "--output", str(folder), "--study", study, "--grace", str(settings.grace),
+            *(["--trials", str(settings.trials)] if settings.trials else []),
+            *(["--seed", str(settings.seed)] if settings.seed is not None else []),
+            *(["--prune"] if settings.prune else []),
+            *(["--data-dir", settings.data_dir] if settings.data_dir else [])]
+    threads = str(max(1, (os.cpu_count() or 1) // settings.jobs))
+    gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    procs = []
+    for job in range(settings.jobs):
+        env = {"TF_NUM_INTRAOP_THREADS": threads, "OMP_NUM_THREADS": threads,
+               "TF_NUM_INTEROP_THREADS": threads, **os.environ, "PYTHONUNBUFFERED": "1",
+               # (the URL, password and all, in the environment: not in ps' listing)
+               "BNN_SWEEP_STORAGE": storage_url(settings, folder, shown=False)}
+        if len(gpus) > 1:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[job::settings.jobs])
+        procs.append(subprocess.Popen(base, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      env=env))
+        signals.children.append(procs[-1])
+    relays = [threading.Thread(target=_relay, args=(p.stderr, f"[job {k + 1}] "), daemon=True)
+              for k, p in enumerate(procs)]
+    for relay in relays:
+        relay.start()
+    while any(p.poll() is None for p in procs):
+        signals.pass_on()
+        time.sleep(_POLL_S)
+    for relay in relays:
+        relay.join()
+    codes = [p.returncode for p in procs]
+    failed = [f"job {k + 1} exited {c}" for k, c in enumerate(codes)
+              if c not in (0, 1, EXIT_SIGINT, EXIT_SIGTERM)]
+    if failed:
+        return "; ".join(failed) + " (its lines above say why)", True
+    if signals.received is not None or any(c in (EXIT_SIGINT, EXIT_SIGTERM) for c in codes):
+        return "the sweep was interrupted; run the same command again to resume it", False
+    return None, False
+
+
+def _relay(stream: Any, prefix: str) -> None:
+    for line in iter(stream.readline, b""):
+        _say(prefix + line.decode(errors="replace").rstrip("\n"))
 
 
 def _drive(runner: _Runner, settings: SweepSettings, total: int) -> str | None:
-    """Resume this host's abandoned trials, then new ones until there are ``total``;
+    """Take the study's trials one at a time until none is left to give out: queued
+    ones first (a grid's points, dead workers' trials to resume), then new samples;
     why the sweep stopped early, or None."""
-    optuna = _optuna()
+    optuna = load_optuna()
     study = runner.study
-    for frozen in runner.abandoned():
-        if runner.signals.received is not None:
-            return "the sweep was interrupted; run the same command again to resume it"
-        point = frozen.user_attrs.get("point") or _texts(frozen.params)
-        trial = _Trial(frozen.number, frozen._trial_id, dict(point),
-                       reported=set(frozen.intermediate_values))
-        study._storage.set_trial_user_attr(trial.trial_id, "owner", _owner())
-        runner.wait_for_orphan(trial)
-        resume = runner.run_dir_of(trial) is not None
-        _say(f"trial {trial.number + 1}/{total}: {'resuming ' + str(trial.run_dir) if resume else 'starting again (it had not begun)'}"  # noqa: E501
-             f" ({_point_text(trial.params)})")
-        stopped = _finish(runner, trial, resume)
-        if stopped:
-            return stopped
     while True:
         if runner.signals.received is not None:
             return "the sweep was interrupted; run the same command again to resume it"
-        trials = study.get_trials(deepcopy=False)
-        if len(trials) >= total:
-            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+        for number in study_mod.recover(study, settings.grace):
+            _say(f"trial {number + 1}: its worker is gone; queued to resume")
+        if not runner.more_to_ask():
+            running = study.get_trials(deepcopy=False,
+                                       states=(optuna.trial.TrialState.RUNNING,))
             if running:
                 _say(f"{len(running)} trial(s) still running elsewhere: "
-                     + ", ".join(f"{t.number + 1} ({(t.user_attrs.get('owner') or {}).get('host', '?')})"  # noqa: E501
+                     + ", ".join(f"{study_mod.origin(t) + 1} "
+                                 f"({(t.user_attrs.get('owner') or {}).get('host', '?')})"
                                  for t in running))
             return None
-        study.sampler = _sampler(settings, runner.space, len(trials))
-        handle = study.ask()
-        study._storage.set_trial_user_attr(handle._trial_id, "owner", _owner())
-        params = {p.key: p.suggest(handle, settings.search) for p in runner.space.params}
-        study._storage.set_trial_user_attr(handle._trial_id, "point", params)
-        trial = _Trial(handle.number, handle._trial_id, params)
-        _say(f"trial {trial.number + 1}/{total}: {_point_text(params)}")
-        stopped = _finish(runner, trial, resume=False)
+        study.sampler = _sampler(settings, runner.space,
+                                 runner.sampled(study.get_trials(deepcopy=False)))
+        trial = runner.claim(study_mod.ask(study))
+        if trial is None:
+            continue  # (surplus: another process asked for the last trial at once)
+        with study_mod.heartbeat(study._storage, trial.trial_id):
+            if trial.run_dir is None:
+                runner.run_dir_of(trial)  # (a retry's run directory, found by its label)
+            if trial.run_dir is not None:
+                runner.wait_for_orphan(trial)
+                _say(f"trial {trial.shown}/{total}: resuming {trial.run_dir} "
+                     f"({_point_text(trial.params)})")
+            else:
+                _say(f"trial {trial.shown}/{total}: {_point_text(trial.params)}")
+            stopped = _finish(runner, trial, resume=trial.run_dir is not None)
         if stopped:
             return stopped
 
 
 def _finish(runner: _Runner, trial: _Trial, resume: bool) -> str | None:
-    optuna = _optuna()
+    optuna = load_optuna()
     started = time.perf_counter()
     state, detail = runner.run(trial, resume)
     study = runner.study
     seconds = time.perf_counter() - started
     if state == "RUNNING":  # interrupted: stays RUNNING, resumed by the next command
-        return (f"trial {trial.number + 1} was {detail}; run the same command again to "
+        return (f"trial {trial.shown} was {detail}; run the same command again to "
                 "resume it")
-    if state == "COMPLETE":
-        study.tell(trial.number, detail)
-        what = f"{runner.monitor} {detail:.4f}"
-    else:
-        study._storage.set_trial_user_attr(trial.trial_id, "reason", detail)
-        study.tell(trial.number, state=getattr(optuna.trial.TrialState, state))
-        what = detail
-    _say(f"trial {trial.number + 1}/{runner.total} {STATE_NAMES[state]}: {what} "
+    try:
+        if state == "COMPLETE":
+            study.tell(trial.number, detail)
+            what = f"{runner.monitor} {detail:.4f}"
+        else:
+            study._storage.set_trial_user_attr(trial.trial_id, "reason", detail)
+            study.tell(trial.number, state=getattr(optuna.trial.TrialState, state))
+            what = detail
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # (no heartbeat reached the study for its grace period, and another process
+        # failed the trial and queued it again: that retry resumes the run directory)
+        _say(f"trial {trial.shown}: another process took it over (no heartbeat reached the "
+             "study for its grace period); its retry goes on from the run directory")
+        return None
+    _say(f"trial {trial.shown}/{runner.total} {STATE_NAMES[state]}: {what} "
          f"({seconds:.1f} s); {runner.best_line()}")
     with contextlib.suppress(UserError):  # (the table so far, in case the sweep is killed)
         write_results(collect(study, runner.folder, runner.space.keys, runner.monitor,
@@ -718,10 +738,12 @@ def _finish(runner: _Runner, trial: _Trial, resume: bool) -> str | None:
 
 def collect(study: Any, folder: Path, keys: list[str], monitor: str, mode: str,
             storage: str) -> SweepReport:
-    """One row per trial of the study, with what its run directory says."""
+    """One row per trial of the sweep (a retried trial is shown as its retry), with what
+    its run directory says."""
     rows = []
     metrics: list[str] = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+    for t in sorted(study_mod.sweep_trials(study.get_trials(deepcopy=False)),
+                    key=lambda t: (study_mod.origin(t), t.number)):
         run_dir = t.user_attrs.get("run_dir")
         record = RunRecord()
         if run_dir and Path(run_dir).is_dir():
@@ -732,14 +754,18 @@ def collect(study: Any, folder: Path, keys: list[str], monitor: str, mode: str,
         state = STATE_NAMES.get(t.state.name, t.state.name.lower())
         if state == "running" and record.status in ("interrupted", "failed"):
             state = "interrupted"  # (its sweep was stopped: the next one resumes it)
-        rows.append({"trial": t.number + 1, "optuna_number": t.number, "state": state,
+        reason = t.user_attrs.get("reason")
+        if state == "failed" and reason is None and study_mod.retried([t]):
+            reason = f"its worker died {len(study_mod.retried([t])) + 1} times"
+        rows.append({"trial": study_mod.origin(t) + 1, "optuna_number": t.number,
+                     "state": state,
                      "params": dict(t.user_attrs.get("point") or _texts(t.params)),
                      "value": value,
                      "best_epoch": (record.best or {}).get("epoch"),
                      "test": test, "epochs": record.epochs_done,
                      "wall_time": record.wall_time, "run_dir": run_dir,
                      "host": (t.user_attrs.get("owner") or {}).get("host"),
-                     "reason": t.user_attrs.get("reason")})
+                     "reason": reason})
     return SweepReport(folder, study.study_name, storage, monitor, mode, keys, rows,
                        test_metrics=metrics)
 
