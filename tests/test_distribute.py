@@ -1,5 +1,6 @@
 """tf.distribute: the runtime section's checks, two workers on localhost, mirrored on
-two virtual CPUs, and a multi-worker run resumed after one worker was killed.
+two virtual CPUs, a multi-worker run resumed after one worker was killed, and two workers
+that each read only their own files of a split stored in several.
 
 The trainings run as `bnn train` processes (a multi-worker strategy must be created
 before TensorFlow starts, and virtual CPUs too), each compared with one process
@@ -285,7 +286,8 @@ def test_two_workers_equal_one_process(one_process, tmp_path):
     assert "worker 1 of 2 workers" in worker
     status = json.loads((run / "run.json").read_text())
     assert status["runtime"] == {"strategy": "multi_worker_mirrored", "replicas": 2,
-                                 "workers": 2, "mixed_precision": None}
+                                 "workers": 2, "mixed_precision": None,
+                                 "input": {"by": "examples"}}  # (held in memory)
     _assert_same(reference, run)
     print(f"\none process: {one_seconds:.1f} s, two workers: {two_seconds:.1f} s, "
           f"final {status['final']}, test {status['test']['metrics']}")
@@ -358,3 +360,121 @@ def test_resume_after_a_worker_was_killed(tmp_path):
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
 
+
+
+# ---------------------------------------------------------------------------------------
+# Two workers, each reading its own files
+# ---------------------------------------------------------------------------------------
+
+SHARDS = 8
+
+
+def _digits_in_files(root: Path) -> Path:
+    """scikit-learn's digits as a TFDS dataset directory written by hand: the training
+    split in SHARDS TFRecord files, the test split in one."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 15).astype(np.uint8)[..., None]
+    labels = digits.target
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(8, 8, 1)),
+        "label": tfds.features.ClassLabel(num_classes=10)})
+    root.mkdir(parents=True)
+    parts = {"train": np.array_split(np.arange(1500), SHARDS), "test": [np.arange(1500, 1797)]}
+    for split, chunks in parts.items():
+        for i, chunk in enumerate(chunks):
+            name = f"digits-{split}.tfrecord-{i:05d}-of-{len(chunks):05d}"
+            with tf.io.TFRecordWriter(str(root / name)) as writer:
+                for k in chunk:
+                    writer.write(features.serialize_example(
+                        {"image": images[k], "label": int(labels[k])}))
+    tfds.folder_dataset.write_metadata(data_dir=str(root), features=features)
+    return root
+
+
+FILES_CONFIG = CONFIG.replace("""data:
+""", """data:
+  dataset: ./digits/1.0.0
+  train_split: train
+  validation_split: test
+  cache: false          # (read from the files every epoch: what a large split does)
+  shuffle_buffer: 200
+""").replace("epochs: 2", "epochs: 3").replace("steps_per_epoch: 6", "steps_per_epoch: 20")
+
+
+def _shards_read(root: Path, since: float) -> list[int]:
+    """The training files whose access time is after ``since`` (read since then)."""
+    return sorted(i for i in range(SHARDS)
+                  if (root / f"digits-train.tfrecord-{i:05d}-of-{SHARDS:05d}").stat().st_atime
+                  > since)
+
+
+def _age(root: Path) -> float:
+    """Set every file's access time two days back (relatime then records the next
+    read); the moment after."""
+    old = time.time() - 2 * 86400
+    for path in root.iterdir():
+        os.utime(path, (old, path.stat().st_mtime))
+    return time.time()
+
+
+@pytest.mark.slow
+def test_two_workers_read_only_their_own_files_and_end_near_one_process(tmp_path):
+    """Each worker has its own copy of the dataset (as each host its own disk): worker i
+    reads training files i, i+2, ... of its copy and no other, and the job ends near the
+    one-process run of the same config (another order of examples: near, not equal)."""
+    config = _config(tmp_path / "cfg", FILES_CONFIG)
+    copies = [_digits_in_files(tmp_path / f"host{i}" / "digits" / "1.0.0") for i in range(2)]
+    _wait([_bnn([str(config), f"data.dataset={copies[0]}", "--output", str(tmp_path / "one")])])
+    one = json.loads((_only_run(tmp_path / "one") / "run.json").read_text())
+    assert one["runtime"]["input"] == {"by": "examples"}
+
+    since = [_age(copy) for copy in copies]
+    ports, output = _free_ports(2), tmp_path / "runs"
+    procs = [_bnn([str(config), f"data.dataset={copies[i]}", "--output", str(output),
+                   "runtime.strategy=multi_worker_mirrored"],
+                  TF_CONFIG=_tf_config(ports, i)) for i in range(2)]
+    outputs = _wait(procs)
+    assert [_shards_read(copies[i], since[i]) for i in range(2)] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert "worker 0 of 2 reads files 0, 2, ... of the 8" in outputs[0]
+    assert "worker 1 of 2 reads files 1, 3, ... of the 8" in outputs[1]
+    two = json.loads((_only_run(output) / "run.json").read_text())
+    assert two["runtime"]["input"] == {"by": "files", "files": SHARDS, "workers": 2}
+    assert one["test"]["metrics"]["accuracy"] > 0.6, "the reference net does not learn"
+    for key in ("accuracy", "loss"):
+        assert two["test"]["metrics"][key] == pytest.approx(one["test"]["metrics"][key],
+                                                            rel=0.1, abs=0.05), key
+    print(f"\none process: {one['test']['metrics']}, two workers: {two['test']['metrics']}")
+
+
+@pytest.mark.slow
+def test_a_file_sharded_job_resumed_after_a_worker_was_killed_ends_as_uninterrupted(tmp_path):
+    config = _config(tmp_path / "cfg", FILES_CONFIG.replace("epochs: 3", "epochs: 4"))
+    _digits_in_files(tmp_path / "cfg" / "digits" / "1.0.0")
+    _wait(_two_workers([str(config), "--output", str(tmp_path / "uninterrupted")]))
+    reference = _only_run(tmp_path / "uninterrupted")
+
+    output = tmp_path / "runs"
+    chief, worker = _two_workers([str(config), "--output", str(output)])
+    deadline = time.monotonic() + 600
+    while not list(output.glob("*/checkpoints/last.json")):
+        assert chief.poll() is None and time.monotonic() < deadline, "the job ended early"
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)  # (mid-epoch 2)
+    worker.wait()
+    try:
+        chief.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        chief.send_signal(signal.SIGKILL)
+        chief.wait()
+    chief.communicate()
+    worker.communicate()
+    run = _only_run(output)
+    assert json.loads((run / "run.json").read_text())["status"] != "completed"
+    _wait(_two_workers(["--resume", str(run)]))
+    _assert_same(reference, run)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]

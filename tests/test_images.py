@@ -525,3 +525,40 @@ def test_flips_mirror_exactly_the_images_their_draws_pick() -> None:
     for mode in ("horizontal", "vertical", "horizontal_and_vertical"):
         np.testing.assert_array_equal(images.random_flip_one(x[3], mode, seed),
                                       images.random_flip(x[3:4], mode, seed)[0])
+
+
+def test_a_shard_of_tfds_files_reads_only_its_files(tmp_path: Path) -> None:
+    """A multi-worker job's pipeline for worker i of n reads files i, i+n, ... only, as
+    TensorFlow's FILE sharding assigns them; together the shards read every example."""
+    root = _sharded_tfds_directory(tmp_path / "shards" / "1.0.0")
+    cfg = DataConfig(dataset=str(root), train_split="train", validation_split=None,
+                     preprocessing=[], cache=False, shuffle_buffer=20)
+    assert data.training_files(cfg, None) == 4
+
+    def shard_values(index: int) -> list[int]:
+        ds = data.training_epochs(cfg, first=0, end=1, steps=2, batch_size=10, seed=0,
+                                  data_dir=None, shard=data.Shard(index, 2))
+        return sorted(int(v) for x, _ in ds for v in x.numpy()[:, 0, 0, 0])
+
+    first, second = shard_values(0), shard_values(1)
+    assert {v // 10 for v in first} == {0, 2} and {v // 10 for v in second} == {1, 3}
+    assert sorted(first + second) == list(range(40))
+    # More steps than the shard holds: it goes round again (every worker takes the
+    # epoch's steps, whatever the sizes of their shards).
+    longer = data.training_epochs(cfg, first=0, end=1, steps=3, batch_size=10, seed=0,
+                                  data_dir=None, shard=data.Shard(0, 2))
+    assert sum(1 for _ in longer) == 3
+
+
+def test_a_shard_of_a_folder_reads_every_other_file_and_a_cached_split_none(
+        photos: Path) -> None:
+    cfg = _config(photos, cache=False)
+    files = data.training_files(cfg, None)
+    assert files > 2
+    labels = []
+    for index in range(2):
+        ds = data.training_epochs(cfg, first=0, end=1, steps=1, batch_size=files // 2,
+                                  seed=0, data_dir=None, shard=data.Shard(index, 2))
+        labels.append(next(iter(ds))[1].numpy())
+    assert len(labels[0]) == files // 2
+    assert data.training_files(_config(photos, cache=True), None) == 0  # held in memory

@@ -269,15 +269,19 @@ def strategy() -> tf.distribute.Strategy:
     return _STARTED.get("strategy") or tf.distribute.get_strategy()
 
 
+def workers() -> int:
+    """How many processes train together (1 without a multi-worker cluster)."""
+    cluster = current_cluster()
+    return cluster.num_workers if cluster else 1
+
+
 def replicas() -> int:
     return strategy().num_replicas_in_sync
 
 
 def describe(runtime: RuntimeConfig) -> dict[str, Any]:
     """run.json's ``runtime``: what the run trains on."""
-    cluster = current_cluster()
-    return {"strategy": runtime.strategy, "replicas": replicas(),
-            "workers": cluster.num_workers if cluster else 1,
+    return {"strategy": runtime.strategy, "replicas": replicas(), "workers": workers(),
             "mixed_precision": runtime.mixed_precision}
 
 

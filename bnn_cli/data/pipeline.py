@@ -59,9 +59,10 @@ from bnn_cli.data.sources import (
 from bnn_cli.data.steps import Steps, fill_value, model_input_shape
 from bnn_cli.errors import UserError, error_text, listed
 
-__all__ = ["DataInfo", "DataKeyError", "DatasetNameError", "dataset_info", "dataset_options",
-           "dataset_path", "decoding_failure", "epoch_seed", "load_split", "open_source",
-           "preprocess_images", "resolve_data_dir", "split_examples", "training_epochs"]
+__all__ = ["DataInfo", "DataKeyError", "DatasetNameError", "Shard", "dataset_info",
+           "dataset_options", "dataset_path", "decoding_failure", "epoch_seed", "load_split",
+           "open_source", "preprocess_images", "resolve_data_dir", "split_examples",
+           "training_epochs", "training_files"]
 
 AUTOTUNE = tf.data.AUTOTUNE
 MB = 2**20
@@ -129,9 +130,11 @@ def training_epochs(
     batch_size: int,
     seed: int | None,
     data_dir: str | None,
+    shard: Shard | None = None,
 ) -> tf.data.Dataset:
     """Epochs ``first`` to ``end - 1`` of the training split back to back, ``steps``
-    batches each, for one ``fit`` over all of them (one iterator: no per-epoch set-up).
+    batches each, for one ``fit`` over all of them (one iterator: no per-epoch set-up);
+    of ``shard``'s files only, where given (``batch_size`` is then its batch).
 
     Each epoch is drawn in-graph from ``epoch_seed(seed, epoch)`` alone, so epoch 7 has
     the same batches whether the run started at epoch 0 or resumed at 5. That is why
@@ -141,9 +144,18 @@ def training_epochs(
     """
     tf.random.set_seed(None)
     batches = _batches_for_seed(data, data.train_split, training=True,
-                                batch_size=batch_size, data_dir=data_dir)
+                                batch_size=batch_size, data_dir=data_dir, shard=shard)
     epochs = tf.data.Dataset.range(first, end)
     return _finished(epochs.flat_map(lambda e: batches(epoch_seed(seed, e)).take(steps)))
+
+
+def training_files(data: schema.DataConfig, data_dir: str | None) -> int:
+    """How many files each epoch reads the training split from; 0 where it is held in
+    memory (cached, or arrays). A multi-worker job with at least as many files as
+    workers gives each worker its own files (:class:`Shard`)."""
+    source = open_source(data, data_dir)
+    steps = Steps(data, training=True, channels=_channels(source, data))
+    return _split(source, data, data.train_split, steps).files
 
 
 def preprocess_images(data: schema.DataConfig, images_: Any) -> tf.Tensor:
@@ -155,16 +167,19 @@ def preprocess_images(data: schema.DataConfig, images_: Any) -> tf.Tensor:
 
 
 def dataset_options() -> tf.data.Options:
-    """How a strategy shards the input pipeline across workers.
+    """How a strategy shards an input pipeline that it distributes across workers.
 
     ``DATA``, deliberately: every worker builds the same pipeline (the same examples in
     the same order, the same seeded shuffle), and each global batch is then divided
     among the workers. So a step sees exactly the global batch that a one-process run
     sees, and the results agree; a resumed worker replays the same batches. The price is
-    that every worker reads (and, where nothing is cached, decodes) every example.
-    ``FILE`` sharding would give each worker other files: other examples and another
-    shuffle than one process, and an error for single-file splits (fewer files than
-    workers). Without a multi-worker strategy the option does nothing.
+    that every worker reads (and, where nothing is cached, decodes) every example, so
+    this is for splits held in memory and for evaluation. A training split read from at
+    least as many files as workers is not distributed this way: the training loop has
+    each worker build its pipeline from its own files (:class:`Shard`, through
+    ``distribute_datasets_from_function``), which reads and decodes each file once per
+    epoch in the whole job, at the price of another order of examples than one process.
+    Without a multi-worker strategy the option does nothing.
     """
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = \
@@ -218,6 +233,15 @@ def _one_hot_depth(info: DataInfo, data: schema.DataConfig) -> int | None:
 # --- the split: read, fixed stage, cache; then per seed: order, random stage, batches --
 
 
+@dataclass(frozen=True)
+class Shard:
+    """One input pipeline's share of a split's files: pipeline ``index`` of ``count``
+    (a worker of a multi-worker job)."""
+
+    index: int
+    count: int
+
+
 @dataclass
 class _Split:
     """A split's fixed stage, built once per process: either in memory as two tensors
@@ -229,23 +253,46 @@ class _Split:
     labels: tf.Tensor | None = None
     paths: bool = False  # items are file paths: read them, then run the fixed stage
     stream: tf.data.Dataset | None = None  # else
-    # Of an uncached TFDS split in several files: seed -> the stream, its files in an
-    # order drawn from the seed.
-    shuffled_files: Callable[[Any], tf.data.Dataset] | None = None
+    # Of an uncached TFDS split in several files: (seed, shard) -> the stream of the
+    # shard's files (all where None), in an order drawn from the seed (stored order for
+    # no seed).
+    read_files: Callable[[Any, Shard | None], tf.data.Dataset] | None = None
+    files: int = 0  # how many files each pass reads (0: held in memory)
+
+    def shuffled_files(self, seed: Any) -> tf.data.Dataset:
+        assert self.read_files is not None
+        return self.read_files(seed, None)
+
+    def sharded(self, shard: Shard) -> _Split:
+        """The share of ``shard``'s input pipeline: every ``count``-th file from
+        ``index`` (the assignment TensorFlow's FILE auto-sharding makes)."""
+        if self.paths:
+            items = self.items[shard.index::shard.count]
+            return _Split(int(items.shape[0]), items, self.labels[shard.index::shard.count],
+                          paths=True, files=int(items.shape[0]))
+        assert self.read_files is not None
+        read = self.read_files
+        return _Split(-1, stream=read(None, shard), files=len(range(shard.index, self.files,
+                                                                    shard.count)),
+                      read_files=lambda seed, _: read(seed, shard))
 
 
 def _batches_for_seed(
     data: schema.DataConfig, split: str, *, training: bool, batch_size: int,
-    data_dir: str | None,
+    data_dir: str | None, shard: Shard | None = None,
 ) -> Callable[[Any], tf.data.Dataset]:
-    """``seed -> batches`` of one pass over ``split``. The Python work (opening the
-    source, filling the cache) happens here, once; the function only adds the seeded
-    stages, so it also runs in-graph with a tensor seed."""
+    """``seed -> batches`` of one pass over ``split`` (of ``shard``'s files only, and
+    then without end: shards differ in size, and every worker must take the epoch's
+    steps). The Python work (opening the source, filling the cache) happens here, once;
+    the function only adds the seeded stages, so it also runs in-graph with a tensor
+    seed."""
     source = open_source(data, data_dir)
     info = dataset_info(data, data_dir)  # (checks the steps against the images)
     steps = Steps(data, training=training, channels=_channels(source, data))
     depth = _one_hot_depth(info, data)
     held = _split(source, data, split, steps)
+    if shard is not None:
+        held = held.sharded(shard)
     random, augment = steps.random, steps.augment(fill_value(data, info.input_shape[-1]))
     skip_bad = _skipping(data, steps)
     shuffle = training and data.shuffle_buffer > 0
@@ -259,7 +306,7 @@ def _batches_for_seed(
         if stream is not None:
             if not shuffle:
                 return stream
-            ds = held.shuffled_files(seed) if held.shuffled_files else stream
+            ds = held.shuffled_files(seed) if held.read_files else stream
             return ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = _examples_of((held.items, held.labels), shuffle=shuffle, seed=seed)
         if held.paths:
@@ -267,13 +314,16 @@ def _batches_for_seed(
                                  num_parallel_calls=AUTOTUNE))
         return ds
 
+    def endless(seed: Any) -> tf.data.Dataset:
+        return examples(seed).repeat() if shard is not None else examples(seed)
+
     def batches(seed: Any) -> tf.data.Dataset:
         if stream is None and random is None and not held.paths:
             # Whole batches gathered from one tensor: no per-example work at all.
             ds = _batches_of((held.items, held.labels), batch_size, shuffle=shuffle,
                              seed=seed)
         else:
-            ds = examples(seed)
+            ds = endless(seed)
             if random is not None:
                 ds = skip_bad(_with_seeds(ds, seed, offset=2).map(
                     lambda xy, s: (random(xy[0], s), xy[1]), num_parallel_calls=AUTOTUNE))
@@ -340,7 +390,8 @@ def _split(source: Source, data: schema.DataConfig, split: str, steps: Steps) ->
         count = source.info.num_examples(split)
         cache = _cache_decision(source, data, split, steps, count)
         if source.folder is not None and not cache:
-            _SPLITS[key] = _Split(count, *_file_tensors(source, split), paths=True)
+            _SPLITS[key] = _Split(count, *_file_tensors(source, split), paths=True,
+                                  files=count)
         else:
             ds = _stored(source, data, split, steps)
             try:
@@ -351,15 +402,17 @@ def _split(source: Source, data: schema.DataConfig, split: str, steps: Steps) ->
                     raise
                 raise UserError(failure) from None
             if not cache and source.builder is not None:
-                _SPLITS[key].shuffled_files = _shuffled_files(source, data, split, steps)
+                read, files = _file_reader(source, data, split, steps)
+                _SPLITS[key].read_files, _SPLITS[key].files = read, files
     return _SPLITS[key]
 
 
-def _shuffled_files(source: Source, data: schema.DataConfig, split: str, steps: Steps
-                    ) -> Callable[[Any], tf.data.Dataset] | None:
-    """``seed -> examples`` of a TFDS split stored in several TFRecord files, the files
-    read in an order drawn from ``seed`` (interleaved, as TFDS's ``shuffle_files``), so
-    the shuffle buffer mixes examples from all over the split; None for one file.
+def _file_reader(source: Source, data: schema.DataConfig, split: str, steps: Steps
+                 ) -> tuple[Callable[[Any, Shard | None], tf.data.Dataset] | None, int]:
+    """``(seed, shard) -> examples`` of a TFDS split stored in several TFRecord files
+    (of the shard's files only, where given), the files read in an order drawn from
+    ``seed`` (interleaved, as TFDS's ``shuffle_files``), so the shuffle buffer mixes
+    examples from all over the split; and the number of files. None for one file.
 
     TFDS's own ``shuffle_files`` draws its order from a Python seed and from how often
     the dataset was iterated; this one depends on the epoch's seed alone, so a resumed
@@ -367,26 +420,28 @@ def _shuffled_files(source: Source, data: schema.DataConfig, split: str, steps: 
     info = source.builder.info
     parts = info.splits[split].file_instructions
     if info.file_format != tfds.core.FileFormat.TFRECORD or len(parts) < 2:
-        return None
-    names = tf.constant([p.filename for p in parts])
-    skips = tf.constant([p.skip for p in parts], tf.int64)
-    takes = tf.constant([p.take for p in parts], tf.int64)
+        return None, 0
     decoders = _decoders(data, steps)
-
-    def part(i: tf.Tensor) -> tf.data.Dataset:
-        return tf.data.TFRecordDataset(names[i]).skip(skips[i]).take(takes[i])
 
     def example(record: tf.Tensor) -> Pair:
         ex = info.features.deserialize_example(record, decoders=decoders)
         return steps.fixed(ex[data.input_key]), ex[data.label_key]
 
-    def read(seed: Any) -> tf.data.Dataset:
-        order = _order(tf.constant(len(parts), tf.int64), True, seed)
-        return order.interleave(part, cycle_length=min(16, len(parts)),
+    def read(seed: Any, shard: Shard | None) -> tf.data.Dataset:
+        mine = parts if shard is None else parts[shard.index::shard.count]
+        names = tf.constant([p.filename for p in mine])
+        skips = tf.constant([p.skip for p in mine], tf.int64)
+        takes = tf.constant([p.take for p in mine], tf.int64)
+
+        def part(i: tf.Tensor) -> tf.data.Dataset:
+            return tf.data.TFRecordDataset(names[i]).skip(skips[i]).take(takes[i])
+
+        order = _order(tf.constant(len(mine), tf.int64), seed is not None, seed)
+        return order.interleave(part, cycle_length=min(16, len(mine)),
                                 num_parallel_calls=AUTOTUNE, deterministic=True) \
             .map(example, num_parallel_calls=AUTOTUNE)
 
-    return read
+    return read, len(parts)
 
 
 def _decoders(data: schema.DataConfig, steps: Steps) -> dict[str, Any] | None:

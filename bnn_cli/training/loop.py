@@ -67,10 +67,32 @@ def _stage_data(job: Job, state: LoopState, end: int) -> tuple[tf.data.Dataset, 
     split; each epoch's batches depend only on the seed and the epoch's number."""
     spec = job.config.spec
     training = spec.training
-    train = datamod.training_epochs(spec.data, first=state.epoch, end=end,
-                                    steps=job.steps_per_epoch,
-                                    batch_size=training.batch_size, seed=training.seed,
-                                    data_dir=job.data_dir)
+
+    def epochs(batch_size: int, shard: datamod.Shard | None = None) -> tf.data.Dataset:
+        return datamod.training_epochs(spec.data, first=state.epoch, end=end,
+                                       steps=job.steps_per_epoch, batch_size=batch_size,
+                                       seed=training.seed, data_dir=job.data_dir,
+                                       shard=shard)
+
+    workers, files = distribute.workers(), 0
+    if workers > 1:
+        files = datamod.training_files(spec.data, job.data_dir)
+    if workers > 1 and files >= workers:
+        # Each worker reads and decodes only its own files (TensorFlow's way to shard
+        # by files: a pipeline per worker, from distribute_datasets_from_function).
+        def for_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            shard = datamod.Shard(context.input_pipeline_id, context.num_input_pipelines)
+            sys.stderr.write(f"worker {shard.index} of {shard.count} reads files "
+                             f"{shard.index}, {shard.index + shard.count}, ... of the "
+                             f"{files} of {spec.data.train_split}\n")
+            return epochs(context.get_per_replica_batch_size(training.batch_size), shard)
+
+        train = distribute.strategy().distribute_datasets_from_function(for_worker)
+        sharding = {"by": "files", "files": files, "workers": workers}
+    else:
+        train = epochs(training.batch_size)
+        sharding = {"by": "examples"}  # (every worker reads the whole split)
+    job.run.write_record(runtime={**distribute.describe(spec.runtime), "input": sharding})
     val = None
     if spec.data.validation_split:
         val = datamod.load_split(spec.data, spec.data.validation_split, training=False,
