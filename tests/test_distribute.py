@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import machines
 import numpy as np
 import pytest
 
@@ -366,34 +367,7 @@ def test_resume_after_a_worker_was_killed(tmp_path):
 # Two workers, each reading its own files
 # ---------------------------------------------------------------------------------------
 
-SHARDS = 8
-
-
-def _digits_in_files(root: Path) -> Path:
-    """scikit-learn's digits as a TFDS dataset directory written by hand: the training
-    split in SHARDS TFRecord files, the test split in one."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = (digits.images * 15).astype(np.uint8)[..., None]
-    labels = digits.target
-    features = tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(8, 8, 1)),
-        "label": tfds.features.ClassLabel(num_classes=10)})
-    root.mkdir(parents=True)
-    parts = {"train": np.array_split(np.arange(1500), SHARDS), "test": [np.arange(1500, 1797)]}
-    for split, chunks in parts.items():
-        for i, chunk in enumerate(chunks):
-            name = f"digits-{split}.tfrecord-{i:05d}-of-{len(chunks):05d}"
-            with tf.io.TFRecordWriter(str(root / name)) as writer:
-                for k in chunk:
-                    writer.write(features.serialize_example(
-                        {"image": images[k], "label": int(labels[k])}))
-    tfds.folder_dataset.write_metadata(data_dir=str(root), features=features)
-    return root
-
+SHARDS = machines.SHARDS
 
 FILES_CONFIG = CONFIG.replace("""data:
 """, """data:
@@ -427,7 +401,8 @@ def test_two_workers_read_only_their_own_files_and_end_near_one_process(tmp_path
     reads training files i, i+2, ... of its copy and no other, and the job ends near the
     one-process run of the same config (another order of examples: near, not equal)."""
     config = _config(tmp_path / "cfg", FILES_CONFIG)
-    copies = [_digits_in_files(tmp_path / f"host{i}" / "digits" / "1.0.0") for i in range(2)]
+    copies = [machines.digits_in_files(tmp_path / f"host{i}" / "digits" / "1.0.0")
+              for i in range(2)]
     _wait([_bnn([str(config), f"data.dataset={copies[0]}", "--output", str(tmp_path / "one")])])
     one = json.loads((_only_run(tmp_path / "one") / "run.json").read_text())
     assert one["runtime"]["input"] == {"by": "examples"}
@@ -453,7 +428,7 @@ def test_two_workers_read_only_their_own_files_and_end_near_one_process(tmp_path
 @pytest.mark.slow
 def test_a_file_sharded_job_resumed_after_a_worker_was_killed_ends_as_uninterrupted(tmp_path):
     config = _config(tmp_path / "cfg", FILES_CONFIG.replace("epochs: 3", "epochs: 4"))
-    _digits_in_files(tmp_path / "cfg" / "digits" / "1.0.0")
+    machines.digits_in_files(tmp_path / "cfg" / "digits" / "1.0.0")
     _wait(_two_workers([str(config), "--output", str(tmp_path / "uninterrupted")]))
     reference = _only_run(tmp_path / "uninterrupted")
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import pgserver
+import machines
 import pytest
 from conftest import QUICKSTART
 
@@ -29,7 +29,7 @@ TINY = ["training.epochs=1", "training.steps_per_epoch=2", "training.batch_size=
 @pytest.fixture(scope="module")
 def postgres():
     try:
-        with pgserver.running() as server:
+        with machines.running() as server:
             yield server
     except RuntimeError as exc:
         pytest.skip(str(exc))
@@ -110,18 +110,6 @@ def test_two_sweeps_started_at_once_share_one_new_postgres_study(postgres, tmp_p
 # ---------------------------------------------------------------------------------------
 
 
-def _other_host(cmd: list[str]) -> list[str]:
-    """``cmd`` in a UTS namespace of its own, under another host name (a second host, as
-    far as the sweep can tell: it cannot see the first host's processes as its own)."""
-    return ["unshare", "--uts", "sh", "-c", 'hostname other-host && exec "$@"', "sh", *cmd]
-
-
-def _can_be_another_host() -> bool:
-    done = subprocess.run(_other_host(["hostname"]), capture_output=True, text=True,
-                          check=False)
-    return done.returncode == 0 and done.stdout.strip() == "other-host" != socket.gethostname()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["postgresql-two-hosts", "sqlite-one-host"])
 def test_a_killed_worker_leaves_its_trial_to_the_survivor_which_resumes_it(
@@ -132,9 +120,9 @@ def test_a_killed_worker_leaves_its_trial_to_the_survivor_which_resumes_it(
     and B resumes it from its run directory: every trial is run once, to the end."""
     folder = tmp_path / "shared"  # (a folder both hosts see, as over NFS)
     if where.startswith("postgresql"):
-        if not _can_be_another_host():
+        if not machines.can_be_another_host():
             pytest.skip("cannot start a process under another host name (unshare --uts)")
-        storage, wrap = postgres.new_database("killed_worker"), _other_host
+        storage, wrap = postgres.new_database("killed_worker"), machines.as_other_host
     else:
         storage, wrap = f"sqlite:///{(folder / 'study.db').resolve()}", (lambda c: c)
     epochs = 8

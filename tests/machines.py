@@ -1,7 +1,15 @@
-"""A real PostgreSQL server for the tests that need one: Debian's ``postgresql`` package's
-``initdb`` and ``pg_ctl``, a cluster in a temporary folder, on a free localhost port, with
-password authentication over TCP (so a wrong password is refused, as on a real host).
-Run as root, the server runs as the ``postgres`` user (PostgreSQL refuses root)."""
+"""Several machines on one: what the tests (and ``scripts/several_machines.py``) stand in
+for them with.
+
+- :func:`running`: a real PostgreSQL server, Debian's ``postgresql`` package's ``initdb``
+  and ``pg_ctl``, a cluster in a temporary folder, on a free localhost port, with password
+  authentication over TCP (so a wrong password is refused, as on a real host). Run as
+  root, the server runs as the ``postgres`` user (PostgreSQL refuses root).
+- :func:`as_other_host`: a command under another host name, in a UTS namespace of its
+  own (a second host, as far as a process can tell by its host name).
+- :func:`digits_in_files`: scikit-learn's digits as a TFDS dataset directory whose
+  training split is stored in several files (what a multi-worker job shards by file).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 USER = "bnn"
+SHARDS = 8  # training files of digits_in_files
 
 
 @dataclass
@@ -100,3 +109,41 @@ def _run(cmd: list[str]) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])}... failed: {done.stderr.strip()[-500:]}")
+
+
+def as_other_host(cmd: list[str], name: str = "other-host") -> list[str]:
+    """``cmd`` in a UTS namespace of its own, under the host name ``name``."""
+    return ["unshare", "--uts", "sh", "-c", f'hostname {name} && exec "$@"', "sh", *cmd]
+
+
+def can_be_another_host() -> bool:
+    done = subprocess.run(as_other_host(["hostname"]), capture_output=True, text=True,
+                          check=False)
+    return done.returncode == 0 and done.stdout.strip() == "other-host" != socket.gethostname()
+
+
+def digits_in_files(root: Path, shards: int = SHARDS) -> Path:
+    """scikit-learn's digits as a TFDS dataset directory written by hand: 1,500 training
+    examples in ``shards`` TFRecord files, the other 297 as the test split in one."""
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 15).astype(np.uint8)[..., None]
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(8, 8, 1)),
+        "label": tfds.features.ClassLabel(num_classes=10)})
+    root.mkdir(parents=True)
+    parts = {"train": np.array_split(np.arange(1500), shards),
+             "test": [np.arange(1500, len(images))]}
+    for split, chunks in parts.items():
+        for i, chunk in enumerate(chunks):
+            name = f"digits-{split}.tfrecord-{i:05d}-of-{len(chunks):05d}"
+            with tf.io.TFRecordWriter(str(root / name)) as writer:
+                for k in chunk:
+                    writer.write(features.serialize_example(
+                        {"image": images[k], "label": int(digits.target[k])}))
+    tfds.folder_dataset.write_metadata(data_dir=str(root), features=features)
+    return root
