@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -95,16 +94,6 @@ def _last_epoch(output: str) -> str:
     return re.sub(r"\s+", " ", lines[-1]) if lines else "(none printed)"
 
 
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def training(out: Path) -> str:
     """Part 2: one process against two workers that each read their own files."""
     copies = [machines.digits_in_files(out / f"host{i}" / "digits" / "1.0.0")
@@ -115,7 +104,7 @@ def training(out: Path) -> str:
     one = _train([*common, f"data.dataset={copies[0]}", "--output", str(out / "one")])
     one_out = one.communicate()[0]
     one_wall = time.perf_counter() - started
-    ports = _ports(2)
+    ports = machines.free_ports(2)
     started = time.perf_counter()
     procs = [_train([*common, f"data.dataset={copies[i]}", "--output", str(out / "two"),
                      "runtime.strategy=multi_worker_mirrored"],

@@ -60,10 +60,15 @@ def binaries() -> Path | None:
     return Path(on_path).parent if on_path else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct localhost ports that were free a moment ago."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 @contextlib.contextmanager
@@ -89,7 +94,7 @@ def running() -> Iterator[Server]:
         pwfile.write_text(password + "\n")
         if as_postgres:
             os.chown(pwfile, account.pw_uid, account.pw_gid)
-        data, port = root / "data", _free_port()
+        data, (port,) = root / "data", free_ports(1)
         _run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", USER,
               f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=trust",
               "-E", "UTF8", "--no-sync"])

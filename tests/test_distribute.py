@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -63,16 +62,6 @@ def _config(folder: Path, text: str = CONFIG) -> Path:
     return path
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env.update(CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="2", **extra)
@@ -106,7 +95,7 @@ def _wait(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
 
 def _two_workers(args: list[str], ports: list[int] | None = None,
                  tmp: Path | None = None) -> list[subprocess.Popen]:
-    ports = ports or _free_ports(2)
+    ports = ports or machines.free_ports(2)
     extra = {"TMPDIR": str(tmp)} if tmp else {}
     return [_bnn([*args, "runtime.strategy=multi_worker_mirrored"] if "--resume" not in args
                  else args, TF_CONFIG=_tf_config(ports, i), **extra) for i in range(2)]
@@ -321,6 +310,26 @@ def test_synchronized_batch_norm_on_two_replicas_equals_one(tmp_path):
     _assert_same(_only_run(tmp_path / "one"), _only_run(tmp_path / "two"))
 
 
+def _kill_a_worker_after_the_first_checkpoint(config: Path, output: Path) -> None:
+    """Start a two-worker job; once its first checkpoint exists, kill -9 worker 1 and
+    stop the job (the chief waits for its peer, or fails)."""
+    chief, worker = _two_workers([str(config), "--output", str(output)])
+    deadline = time.monotonic() + 600
+    while not list(output.glob("*/checkpoints/last.json")):
+        assert chief.poll() is None and time.monotonic() < deadline, \
+            "the job ended before a worker could be killed"
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    try:
+        chief.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        chief.send_signal(signal.SIGKILL)
+        chief.wait()
+    chief.communicate()
+    worker.communicate()
+
+
 @pytest.mark.slow
 def test_resume_after_a_worker_was_killed(tmp_path):
     """Kill -9 one worker after the first epoch, stop the job, restart both workers
@@ -332,24 +341,7 @@ def test_resume_after_a_worker_was_killed(tmp_path):
     reference = _only_run(tmp_path / "one")
 
     output = tmp_path / "runs"
-    chief, worker = _two_workers([str(config), "--output", str(output)])
-    deadline = time.monotonic() + 600
-    done: list[Path] = []
-    while time.monotonic() < deadline and chief.poll() is None:
-        done = list(output.glob("*/checkpoints/last.json"))
-        if done:
-            break
-        time.sleep(0.1)
-    assert done and chief.poll() is None, "the job ended before a worker could be killed"
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
-    try:  # the chief waits for its peer (or fails); the job is stopped either way
-        chief.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        chief.send_signal(signal.SIGKILL)
-        chief.wait()
-    chief.communicate()
-    worker.communicate()
+    _kill_a_worker_after_the_first_checkpoint(config, output)
     run = _only_run(output)
     epochs = json.loads((run / "checkpoints" / "last.json").read_text())
     assert json.loads((run / "run.json").read_text())["status"] != "completed", epochs
@@ -408,7 +400,7 @@ def test_two_workers_read_only_their_own_files_and_end_near_one_process(tmp_path
     assert one["runtime"]["input"] == {"by": "examples"}
 
     since = [_age(copy) for copy in copies]
-    ports, output = _free_ports(2), tmp_path / "runs"
+    ports, output = machines.free_ports(2), tmp_path / "runs"
     procs = [_bnn([str(config), f"data.dataset={copies[i]}", "--output", str(output),
                    "runtime.strategy=multi_worker_mirrored"],
                   TF_CONFIG=_tf_config(ports, i)) for i in range(2)]
@@ -433,20 +425,7 @@ def test_a_file_sharded_job_resumed_after_a_worker_was_killed_ends_as_uninterrup
     reference = _only_run(tmp_path / "uninterrupted")
 
     output = tmp_path / "runs"
-    chief, worker = _two_workers([str(config), "--output", str(output)])
-    deadline = time.monotonic() + 600
-    while not list(output.glob("*/checkpoints/last.json")):
-        assert chief.poll() is None and time.monotonic() < deadline, "the job ended early"
-        time.sleep(0.05)
-    worker.send_signal(signal.SIGKILL)  # (mid-epoch 2)
-    worker.wait()
-    try:
-        chief.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        chief.send_signal(signal.SIGKILL)
-        chief.wait()
-    chief.communicate()
-    worker.communicate()
+    _kill_a_worker_after_the_first_checkpoint(config, output)  # (mid-epoch 2)
     run = _only_run(output)
     assert json.loads((run / "run.json").read_text())["status"] != "completed"
     _wait(_two_workers(["--resume", str(run)]))

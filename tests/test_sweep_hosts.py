@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -194,12 +193,6 @@ def test_jobs_run_trials_at_once_in_processes_of_their_own(tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _refused(tmp_path: Path, capsys, url: str, *, env: bool = False) -> str:
     folder = tmp_path / "nothing"
     storage = [] if env else ["--storage", url]
@@ -215,7 +208,7 @@ def _refused(tmp_path: Path, capsys, url: str, *, env: bool = False) -> str:
 
 def test_a_server_that_is_down_is_one_clean_error_with_the_password_masked(
         tmp_path, capsys, monkeypatch):
-    url = f"postgresql://bnn:topsecret@127.0.0.1:{_free_port()}/sweeps"
+    url = f"postgresql://bnn:topsecret@127.0.0.1:{machines.free_ports(1)[0]}/sweeps"
     for env in (False, True):
         if env:
             monkeypatch.setenv("BNN_SWEEP_STORAGE", url)
