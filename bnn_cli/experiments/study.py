@@ -25,6 +25,7 @@ The storage's URL is shown and written only with its password masked.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -152,8 +153,6 @@ def join_study(storage: Any, name: str, direction: str, sampler: Any, pruner: An
     stored = _wait_for_definition(study, name, shown)
     if stored != definition:
         differs = sorted(k for k in definition if stored.get(k) != definition.get(k))
-        import json
-
         raise UserError(f"study {name!r} in {shown} holds another sweep (its "
                         f"{', '.join(differs)} differ{'s' if len(differs) == 1 else ''}: "
                         f"{json.dumps({k: stored.get(k) for k in differs})}). Run that "

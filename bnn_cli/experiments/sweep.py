@@ -57,7 +57,6 @@ from bnn_cli.experiments.space import (
     points_to_check,
     yaml_number,
 )
-from bnn_cli.experiments.study import join_study, load_optuna, masked, open_storage
 from bnn_cli.plots import plot_sweep
 from bnn_cli.rundir.record import RunRecord
 from bnn_cli.rundir.run import RunDir, atomic_write_text, lock_holder, safe_name
@@ -236,18 +235,18 @@ def _definition(settings: SweepSettings, space: Space) -> dict[str, Any]:
 
 def _open_study(settings: SweepSettings, space: Space, folder: Path, mode: str,
                 definition: dict[str, Any]) -> Any:
-    optuna = load_optuna()
+    optuna = study_mod.load_optuna()
     name = settings.study or folder.name
     url = storage_url(settings, folder, shown=False)
-    shown = masked(url)
+    shown = study_mod.masked(url)
     # (Steps are epochs, from 1: no trial is judged on its first epoch alone.)
     pruner = settings.pruner or optuna.pruners.MedianPruner(n_startup_trials=2,
                                                             n_warmup_steps=2)
     if not settings.prune:
         pruner = optuna.pruners.NopPruner()
-    storage = open_storage(url, settings.grace)
+    storage = study_mod.open_storage(url, settings.grace)
     queue = space.grid() if settings.search == "grid" else []
-    return join_study(storage, name, "maximize" if mode == "max" else "minimize",
+    return study_mod.join_study(storage, name, "maximize" if mode == "max" else "minimize",
                       _sampler(settings, space, 0), pruner, definition, queue, shown)
 
 
@@ -256,7 +255,7 @@ def _sampler(settings: SweepSettings, space: Space, index: int) -> Any:
     seeded per trial (seed, index), so a resumed sweep samples what an uninterrupted one
     would have, instead of restarting its random stream at trial 1. (A grid's trials are
     queued in the study: a grid sweep's sampler only sees surplus asks, never run.)"""
-    optuna = load_optuna()
+    optuna = study_mod.load_optuna()
     seed = None if settings.seed is None else settings.seed * 100_003 + index
     if settings.search in ("grid", "random"):
         return optuna.samplers.RandomSampler(seed=seed)
@@ -352,7 +351,7 @@ class _Runner:
     def more_to_ask(self) -> bool:
         """Whether the study has trials to give out: queued ones (a grid's points, the
         retries of dead workers' trials), or fewer sampled trials than asked for."""
-        optuna = load_optuna()
+        optuna = study_mod.load_optuna()
         trials = self.study.get_trials(deepcopy=False)
         if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
             return True
@@ -365,7 +364,7 @@ class _Runner:
 
     def claim(self, handle: Any) -> _Trial | None:
         """The asked trial, now this process's; None if it is surplus (told failed)."""
-        optuna = load_optuna()
+        optuna = study_mod.load_optuna()
         storage, frozen = self.study._storage, handle._cached_frozen_trial
         storage.record_heartbeat(handle._trial_id)
         storage.set_trial_user_attr(handle._trial_id, "owner", study_mod.owner())
@@ -419,7 +418,7 @@ class _Runner:
 
     def run(self, trial: _Trial, resume: bool) -> tuple[str, Any]:
         """Train the trial to its end; (Optuna state name, value or reason)."""
-        optuna = load_optuna()
+        optuna = study_mod.load_optuna()
         handle = optuna.trial.Trial(self.study, trial.trial_id)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.logs_dir / f"trial-{trial.label}.log"
@@ -519,7 +518,7 @@ class _Runner:
             time.sleep(0.5)
 
     def best_line(self) -> str:
-        optuna = load_optuna()
+        optuna = study_mod.load_optuna()
         done = self.study.get_trials(deepcopy=False,
                                      states=(optuna.trial.TrialState.COMPLETE,))
         if not done:
@@ -607,7 +606,7 @@ def run_sweep(settings: SweepSettings) -> SweepReport:
 def storage_url(settings: SweepSettings, folder: Path, *, shown: bool = True) -> str:
     """The storage's URL (as shown: its password masked)."""
     url = settings.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
-    return masked(url) if shown else url
+    return study_mod.masked(url) if shown else url
 
 
 def _run_jobs(settings: SweepSettings, folder: Path, study: str,
@@ -665,7 +664,7 @@ def _drive(runner: _Runner, settings: SweepSettings, total: int) -> str | None:
     """Take the study's trials one at a time until none is left to give out: queued
     ones first (a grid's points, dead workers' trials to resume), then new samples;
     why the sweep stopped early, or None."""
-    optuna = load_optuna()
+    optuna = study_mod.load_optuna()
     study = runner.study
     while True:
         if runner.signals.received is not None:
@@ -701,7 +700,7 @@ def _drive(runner: _Runner, settings: SweepSettings, total: int) -> str | None:
 
 
 def _finish(runner: _Runner, trial: _Trial, resume: bool) -> str | None:
-    optuna = load_optuna()
+    optuna = study_mod.load_optuna()
     started = time.perf_counter()
     state, detail = runner.run(trial, resume)
     study = runner.study
