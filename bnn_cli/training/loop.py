@@ -74,9 +74,8 @@ def _stage_data(job: Job, state: LoopState, end: int) -> tuple[tf.data.Dataset, 
                                        seed=training.seed, data_dir=job.data_dir,
                                        shard=shard)
 
-    workers, files = distribute.workers(), 0
-    if workers > 1:
-        files = datamod.training_files(spec.data, job.data_dir)
+    workers = distribute.workers()
+    files = datamod.training_files(spec.data, job.data_dir) if workers > 1 else 0
     if workers > 1 and files >= workers:
         # Each worker reads and decodes only its own files (TensorFlow's way to shard
         # by files: a pipeline per worker, from distribute_datasets_from_function).
