@@ -153,3 +153,40 @@ def test_mixed_float16_resumes_exactly(tmp_path):
     assert main(["export", str(run), "--format", "tflite"]) == 0
     check = json.loads((run / "export" / "model.tflite.check.json").read_text())
     assert check["top1_agreement"] == 1.0, check
+
+
+def test_auto_trains_in_float32_on_a_cpu(tmp_path):
+    """``auto`` on a machine without GPUs (this one) chooses float32, and run.json says
+    both what was asked and what was chosen."""
+    assert not tf.config.list_physical_devices("GPU")
+    run = train_tiny(tmp_path, "runtime.mixed_precision=auto")
+    runtime = json.loads((run / "run.json").read_text())["runtime"]
+    assert runtime["mixed_precision"] is None
+    assert runtime["mixed_precision_setting"] == "auto"
+    assert not [n for n in _checkpoint_variables(run) if "loss_scale" in n]
+
+
+@pytest.mark.parametrize(("capabilities", "devices", "chosen"), [
+    ([(8, 0)], None, "mixed_float16"),
+    ([(8, 0), (7, 0)], None, "mixed_float16"),
+    ([(8, 0), (6, 1)], None, None),           # one GPU without tensor cores
+    ([(6, 0)], None, None),
+    ([], None, None),                         # a CPU: float32, BF16 or not
+    ([(9, 0)], ["/cpu:0", "/cpu:1"], None),   # training on virtual CPUs beside a GPU
+    ([(9, 0)], ["/gpu:0"], "mixed_float16"),
+])
+def test_auto_chooses_float16_only_where_every_gpu_has_tensor_cores(
+        monkeypatch, capabilities, devices, chosen):
+    from bnn_cli.assemble import strategy
+    from bnn_cli.config.schema import RuntimeConfig
+
+    gpus = [f"GPU:{i}" for i in range(len(capabilities))]
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: gpus if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda gpu: {"compute_capability": capabilities[gpus.index(gpu)]})
+    runtime = RuntimeConfig(mixed_precision="auto", strategy="mirrored" if devices else
+                            "default", devices=devices)
+    assert strategy.precision(runtime) == chosen
+    named = RuntimeConfig(mixed_precision="mixed_bfloat16")
+    assert strategy.precision(named) == "mixed_bfloat16"  # a named policy is kept

@@ -66,7 +66,7 @@ def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = No
     # Everything with variables (model, optimizer, metrics, the checkpoint) is created
     # under the strategy's scope (a no-op scope without one), the model in the config's
     # precision (runtime.mixed_precision).
-    policy = checked.spec.runtime.mixed_precision if for_training else None
+    policy = distribute.precision(checked.spec.runtime) if for_training else None
     with distribute.strategy().scope():
         # training.flip_ratio: every kernel quantizer logs the share of weights that flipped.
         with metrics_scope(["flip_ratio"] if training.flip_ratio else []):
@@ -136,7 +136,7 @@ def stage_job(run: RunDir, stage: CheckedStage, stages: list[CheckedStage], *,
     """The job of one stage; a distilling stage's teachers are built from their configs
     and given the weights their stage selected (or their run directory's best
     checkpoint), or loaded from their model files."""
-    teachers = [_teacher(run, t, stages, stage.checked.spec.runtime.mixed_precision,
+    teachers = [_teacher(run, t, stages, distribute.precision(stage.checked.spec.runtime),
                          teacher_weights) for t in stage.teachers]
     return prepare(stage.checked, run, stage, teachers)
 

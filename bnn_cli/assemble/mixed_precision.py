@@ -1,4 +1,4 @@
-"""Mixed precision: ``runtime.mixed_precision: mixed_float16 | mixed_bfloat16``.
+"""Mixed precision: ``runtime.mixed_precision: mixed_float16 | mixed_bfloat16 | auto``.
 
 Keras's own mechanism (``keras.mixed_precision``): a model built under a mixed policy
 computes in float16 or bfloat16 while its variables stay float32 (each layer reads its

@@ -279,10 +279,37 @@ def replicas() -> int:
     return strategy().num_replicas_in_sync
 
 
+# Tensor cores (float16 matrix units) came with compute capability 7.0 (Volta).
+TENSOR_CORES = (7, 0)
+
+
+def precision(runtime: RuntimeConfig) -> str | None:
+    """The Keras policy this process trains in (None: float32): ``runtime.mixed_precision``,
+    or for ``auto`` what the devices do well.
+
+    ``auto`` is ``mixed_float16`` where the strategy trains on GPUs and every one has
+    tensor cores, and float32 elsewhere. On CPUs too, even those with native bfloat16
+    (AVX-512 BF16, AMX): ``mixed_bfloat16`` is faster there, but no accuracy table has
+    yet shown it costs a BNN nothing, so ``auto`` does not choose it (name it to use it).
+    """
+    if runtime.mixed_precision != "auto":
+        return runtime.mixed_precision
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus or not any("gpu" in d.lower() for d in runtime.devices or ["gpu"]):
+        return None  # (runtime.devices may name only virtual CPUs)
+    capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability")
+                    for g in gpus]
+    return "mixed_float16" if all(c and tuple(c) >= TENSOR_CORES for c in capabilities) \
+        else None
+
+
 def describe(runtime: RuntimeConfig) -> dict[str, Any]:
-    """run.json's ``runtime``: what the run trains on."""
+    """run.json's ``runtime``: what the run trains on (for ``auto``, what it chose)."""
+    chosen = {"mixed_precision": precision(runtime)}
+    if runtime.mixed_precision == "auto":
+        chosen["mixed_precision_setting"] = "auto"
     return {"strategy": runtime.strategy, "replicas": replicas(), "workers": workers(),
-            "mixed_precision": runtime.mixed_precision}
+            **chosen}
 
 
 def reset() -> None:

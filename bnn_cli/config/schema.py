@@ -370,7 +370,9 @@ class RuntimeConfig(Strict):
     devices: list[Annotated[str, Field(pattern=r"^/?(device:)?(cpu|gpu|CPU|GPU):\d+$")]] \
         | None = Field(default=None, min_length=1)
     # Keras mixed precision: layers compute in float16/bfloat16, variables stay float32.
-    mixed_precision: Literal["mixed_float16", "mixed_bfloat16"] | None = None
+    # auto: mixed_float16 where every GPU trained on has tensor cores, float32 elsewhere
+    # (bnn_cli.assemble.strategy.precision says why; run.json records the choice).
+    mixed_precision: Literal["auto", "mixed_float16", "mixed_bfloat16"] | None = None
     # Compile the training step with XLA (`model.compile(jit_compile=...)`). Off by
     # default: on this project's 2-core CPU it made BNNs slower (scripts/benchmark.py).
     jit_compile: bool = False
