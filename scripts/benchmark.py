@@ -33,7 +33,7 @@ is noisy, so only the ratios mean much.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -56,9 +56,6 @@ NETWORKS = {  # name -> (config, batch size)
     "binarynet_cifar10": ("configs/binarynet_cifar10.yaml", 128),
 }
 SECTIONS = ("step", "train", "pipeline", "epoch", "startup", "imagenet-pipeline")
-SIMD = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
-        "amx_bf16", "amx_int8", "asimd", "sve")
-"""The instruction sets that decide how fast JPEG decoding and the kernels run."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -431,19 +428,11 @@ def bench_imagenet_pipeline(rounds: int, images: int) -> dict[str, Any]:
 
 
 def cpu_info() -> dict[str, Any]:
-    """The CPU's model name, its cores (those this process may use) and which of
-    :data:`SIMD` it has (Linux's /proc/cpuinfo; elsewhere the platform's name only)."""
-    import platform
+    """The CPU's model name, its cores (those this process may use) and the instruction
+    sets that matter (bnn_cli.assemble.machine), as JSON."""
+    from bnn_cli.assemble import machine
 
-    fields: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"model": fields.get("model name") or platform.processor() or platform.machine(),
-            "cores": cores, "instruction_sets": [f for f in SIMD if f in flags]}
+    return dataclasses.asdict(machine.cpu())
 
 
 # ---------------------------------------------------------------------------------------

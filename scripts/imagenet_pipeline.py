@@ -366,5 +366,7 @@ def _goal(rate: dict[str, float]) -> str:
 
 
 def cpu_line(cpu: dict[str, Any]) -> str:
-    flags = ", ".join(cpu["instruction_sets"]) or "none listed"
-    return f"{cpu['model']}, {cpu['cores']} cores ({flags})"
+    """A CPU as JSON (benchmark.cpu_info) in words: model, cores and instruction sets."""
+    from bnn_cli.assemble.machine import Cpu
+
+    return str(Cpu(cpu["model"], cpu["cores"], tuple(cpu["instruction_sets"])))

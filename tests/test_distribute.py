@@ -21,6 +21,7 @@ import machines
 import numpy as np
 import pytest
 
+from bnn_cli.assemble import machine
 from bnn_cli.assemble import strategy as distribute
 from bnn_cli.assemble.check import check
 from bnn_cli.config.schema import ConfigError
@@ -277,6 +278,7 @@ def test_two_workers_equal_one_process(one_process, tmp_path):
     status = json.loads((run / "run.json").read_text())
     assert status["runtime"] == {"strategy": "multi_worker_mirrored", "replicas": 2,
                                  "workers": 2, "mixed_precision": None,
+                                 "cpu": str(machine.cpu()),
                                  "input": {"by": "examples"}}  # (held in memory)
     _assert_same(reference, run)
     print(f"\none process: {one_seconds:.1f} s, two workers: {two_seconds:.1f} s, "

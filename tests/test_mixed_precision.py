@@ -12,6 +12,7 @@ from conftest import QUICKSTART, train_tiny
 
 from bnn_cli import quantizers
 from bnn_cli._keras import keras, tf
+from bnn_cli.assemble import machine
 from bnn_cli.assemble import mixed_precision as precision
 from bnn_cli.registry import REGISTRY, load_builtins
 
@@ -163,6 +164,7 @@ def test_auto_trains_in_float32_on_a_cpu(tmp_path):
     runtime = json.loads((run / "run.json").read_text())["runtime"]
     assert runtime["mixed_precision"] is None
     assert runtime["mixed_precision_setting"] == "auto"
+    assert runtime["cpu"] == str(machine.cpu())  # (the wall times' machine)
     assert not [n for n in _checkpoint_variables(run) if "loss_scale" in n]
 
 
@@ -190,3 +192,30 @@ def test_auto_chooses_float16_only_where_every_gpu_has_tensor_cores(
     assert strategy.precision(runtime) == chosen
     named = RuntimeConfig(mixed_precision="mixed_bfloat16")
     assert strategy.precision(named) == "mixed_bfloat16"  # a named policy is kept
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse4_2 avx avx2 fma {extra}
+
+processor\t: 1
+model name\t: another entry, not read
+"""
+
+
+@pytest.mark.parametrize(("extra", "sets", "bf16"), [
+    ("", ("sse4_2", "avx", "avx2", "fma"), False),
+    ("avx512f avx512bw avx512_vnni avx512_bf16",
+     ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"),
+     True),
+    ("amx_bf16 amx_tile", ("sse4_2", "avx", "avx2", "fma", "amx_bf16"), True),
+])
+def test_the_cpu_is_read_with_its_instruction_sets(tmp_path, extra, sets, bf16):
+    info = tmp_path / "cpuinfo"
+    info.write_text(CPUINFO.format(extra=extra))
+    cpu = machine.cpu.__wrapped__(info)
+    assert (cpu.model, cpu.instruction_sets, cpu.native_bf16) == ("AMD EPYC 9R14", sets, bf16)
+    assert str(cpu) == f"AMD EPYC 9R14, {cpu.cores} cores ({', '.join(sets)})"
+    missing = machine.cpu.__wrapped__(tmp_path / "absent")  # (not Linux: the platform's name)
+    assert missing.instruction_sets == () and missing.model
