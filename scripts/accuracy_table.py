@@ -84,7 +84,10 @@ FP_OVERRIDES = [
     "model.defaults.QuantConv2D.pad_values=0.0",
 ]
 
-WALL_FILE = "process_wall.json"  # written by this script beside run.json
+# Written by this script beside run.json: the process's wall time, and the reference
+# epoch measured on the same machine the same hour (with that machine's CPU), so that runs
+# of one row made on different machines or days each keep their own unit.
+WALL_FILE = "process_wall.json"
 
 
 def train(name: str, fp: bool, data_dir: str, out: Path, seed: int | None = None) -> Path:
@@ -121,13 +124,15 @@ def read_run(run: Path) -> dict:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
     seconds = [r["seconds"] for r in rows]
     wall_file = run / WALL_FILE
-    process = json.loads(wall_file.read_text())["process_seconds"] if wall_file.exists() else None
+    wall = json.loads(wall_file.read_text()) if wall_file.exists() else {}
     return {
         "run_dir": str(run),
         "epochs": info["epochs_done"],
         "seconds_per_epoch": round(statistics.median(seconds), 1) if seconds else None,
         "train_seconds": info["wall_time"],          # the training loop (run.json)
-        "process_seconds": process,                  # the whole `bnn train`, if timed here
+        "process_seconds": wall.get("process_seconds"),  # the whole `bnn train`, if timed
+        "reference_epoch_s": wall.get("reference_epoch_s"),  # its own unit, if it has one
+        "cpu": wall.get("cpu") or info.get("runtime", {}).get("cpu"),
         "best_epoch": info["best"]["epoch"],
         "val_accuracy": info["best"]["val_accuracy"],
         "test_accuracy": info["test"]["metrics"]["accuracy"],
@@ -169,11 +174,16 @@ def accuracy_cell(runs: list[dict]) -> str:
             f"{100 * (max(acc) - min(acc)):.2f})")
 
 
+def unit(run: dict, reference: float | None) -> float | None:
+    """A run's reference epoch: its own where it has one, else the row's."""
+    return run.get("reference_epoch_s") or reference
+
+
 def time_cell(runs: list[dict], reference: float | None) -> str:
     """Mean wall time in reference epochs (the unit measured beside the runs)."""
-    if not reference:
+    if not all(unit(r, reference) for r in runs):
         return "—"
-    each = [wall_seconds(r) / reference for r in runs]
+    each = [wall_seconds(r) / unit(r, reference) for r in runs]
     more = f" ({', '.join(f'{e:.0f}' for e in each)})" if len(each) > 1 else ""
     return f"{statistics.fmean(each):.0f}{more}"
 
@@ -203,8 +213,8 @@ def markdown(table: dict) -> str:
         if not all(r["process_seconds"] for r in runs):
             wall += " *"
         reference = row.get("reference_epoch_s")
-        if reference:
-            references.add(f"{reference:.1f} s on {row['cpu']}")
+        references |= {f"{unit(r, reference):.1f} s on {r.get('cpu') or row.get('cpu')}"
+                       for r in runs if unit(r, reference)}
         lines.append(
             f"| `{CONFIGS[name]['config']}`{_given(name)} | {row['stages']} | {bnn['epochs']} "
             f"| {wall} | {time_cell(runs, reference)} | {bnn['seconds_per_epoch']} "
@@ -237,7 +247,8 @@ TARGETS = {"mnist": 0.995, "fashion_mnist": 0.93}  # issue 22's test accuracy to
 def plot(table: dict, path: Path) -> bool:
     """Validation accuracy against reference epochs, each seed of each row that has seeds
     and a reference epoch, with the test accuracy targets; whether there was any."""
-    rows = {n: r for n, r in table.items() if r.get("seeds") and r.get("reference_epoch_s")}
+    rows = {n: r for n, r in table.items()
+            if r.get("seeds") and all(unit(s, r.get("reference_epoch_s")) for s in r["seeds"])}
     if not rows:
         return False
     import matplotlib
@@ -248,7 +259,7 @@ def plot(table: dict, path: Path) -> bool:
     fig, axes = plt.subplots(1, len(rows), figsize=(6 * len(rows), 4), squeeze=False)
     for ax, (name, row) in zip(axes[0], rows.items(), strict=True):
         for run in row["seeds"]:
-            x = [t / row["reference_epoch_s"] for t, _ in run["curve"]]
+            x = [t / unit(run, row.get("reference_epoch_s")) for t, _ in run["curve"]]
             ax.plot(x, [100 * a for _, a in run["curve"]], marker=".",
                     label=f"seed {run['seed']}: test {100 * run['test_accuracy']:.2f} %")
         target = TARGETS.get(CONFIGS[name]["dataset"])
@@ -324,18 +335,24 @@ def main() -> int:
     table = {k: v for k, v in table.items() if k in CONFIGS}
     out = Path(args.out)
     reference = [] if args.reference_epoch or not needs_data else [measure_reference(args)]
+    trained: list[Path] = []  # the run directories trained in this invocation
+
+    def fresh(name: str, fp: bool, seed: int | None) -> Path:
+        trained.append(train(name, fp, args.data_dir, out, seed))
+        return trained[-1]
+
     for name in names:
         row = {"config": CONFIGS[name]["config"], "stages": CONFIGS[name]["stages"]}
         ready = given.get((name, False), [])
         runs = [read_run(ready[i] if i < len(ready)
-                         else train(name, False, args.data_dir, out, seed))
+                         else fresh(name, False, seed))
                 for i, seed in enumerate(seeds)]
         row["bnn"] = runs[0]
         if args.seeds:
             row["seeds"] = [{**r, "seed": seed} for r, seed in zip(runs, seeds, strict=True)]
         if name in twins:
             twin = given.get((name, True), [None])[0] or \
-                train(name, True, args.data_dir, out, seeds[0])
+                fresh(name, True, seeds[0])
             row["fp"] = read_run(twin)
         elif table.get(name, {}).get("fp"):
             row["fp"] = table[name]["fp"]  # keep the twin measured before
@@ -344,10 +361,14 @@ def main() -> int:
         reference.append(measure_reference(args))  # the same hour: before and after
     if args.reference_epoch or reference:
         cpu = benchmark.imagenet_pipeline.cpu_line(benchmark.cpu_info())
+        seconds = args.reference_epoch or statistics.median(reference)
         for name in names:
-            table[name]["reference_epoch_s"] = args.reference_epoch or \
-                statistics.median(reference)
+            table[name]["reference_epoch_s"] = seconds
             table[name]["cpu"] = cpu
+        for run in trained:  # (each keeps its unit, should its row gain runs from elsewhere)
+            wall = json.loads((run / WALL_FILE).read_text())
+            (run / WALL_FILE).write_text(json.dumps(
+                {**wall, "reference_epoch_s": round(seconds, 2), "cpu": cpu}) + "\n")
     table = {k: table[k] for k in CONFIGS if k in table}
     table_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(table, indent=2) + "\n")
