@@ -1,7 +1,7 @@
 """What this machine computes with: the CPU's model, the cores this process may use and
 the instruction sets that decide how fast training runs (read from Linux's
 ``/proc/cpuinfo``; elsewhere only the platform's name). The benchmarks print it beside
-every time, and ``runtime.mixed_precision: auto`` asks it whether bfloat16 is native.
+every time, and run.json's ``runtime.cpu`` records it beside every run's wall time.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from pathlib import Path
 
 SIMD = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
         "amx_bf16", "amx_int8", "asimd", "sve", "bf16")
-"""The instruction sets worth naming (x86's and Arm's flags as Linux spells them)."""
-
-NATIVE_BF16 = ("avx512_bf16", "amx_bf16", "bf16")
-"""Flags of bfloat16 arithmetic in hardware; without one, TensorFlow emulates it."""
+"""The instruction sets worth naming (x86's and Arm's flags as Linux spells them): the
+vector widths, and bfloat16 and int8 arithmetic in hardware (without it TensorFlow
+emulates bfloat16, slowly)."""
 
 
 @dataclass(frozen=True)
@@ -26,10 +25,6 @@ class Cpu:
     model: str
     cores: int
     instruction_sets: tuple[str, ...]
-
-    @property
-    def native_bf16(self) -> bool:
-        return any(flag in self.instruction_sets for flag in NATIVE_BF16)
 
     def __str__(self) -> str:
         flags = ", ".join(self.instruction_sets) or "none listed"
