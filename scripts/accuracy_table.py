@@ -36,6 +36,8 @@ from pathlib import Path
 
 import benchmark
 
+from bnn_cli.assemble import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 
 WARM = ["stages[1].from=best", "stages[1].distill.label_weight=1",
@@ -360,7 +362,7 @@ def main() -> int:
     if needs_data and not args.reference_epoch:
         reference.append(measure_reference(args))  # the same hour: before and after
     if args.reference_epoch or reference:
-        cpu = benchmark.imagenet_pipeline.cpu_line(benchmark.cpu_info())
+        cpu = str(machine.cpu())
         seconds = args.reference_epoch or statistics.median(reference)
         for name in names:
             table[name]["reference_epoch_s"] = seconds

@@ -29,6 +29,8 @@ from typing import Any
 
 import benchmark
 
+from bnn_cli.assemble import machine
+
 ROOT = benchmark.ROOT
 EPOCH_JOBS = {  # name -> config, needs MNIST
     "quickstart": ("configs/quickstart.yaml", False),
@@ -44,7 +46,7 @@ def device() -> dict[str, Any]:
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return {"gpu": True, "name": f"{len(gpus)} x {details.get('device_name', 'GPU')}"}
-    return {"gpu": False, "name": benchmark.imagenet_pipeline.cpu_line(benchmark.cpu_info())}
+    return {"gpu": False, "name": str(machine.cpu())}
 
 
 def epoch_seconds(config: str, policy: str | None, data_dir: str, tmp: Path) -> float:

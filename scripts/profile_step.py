@@ -23,6 +23,8 @@ from pathlib import Path
 import benchmark
 from accuracy_table import FP_OVERRIDES
 
+from bnn_cli.assemble import machine
+
 
 def profile(model, batch: int, steps: int) -> tuple[dict[str, float], dict[str, int]]:
     """Milliseconds per step and ops per step, by op type."""
@@ -70,7 +72,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
-    cpu = benchmark.imagenet_pipeline.cpu_line(benchmark.cpu_info())
+    cpu = str(machine.cpu())
     bnn = profile(benchmark.bnn_model(args.config), args.batch, args.steps)
     fp = profile(benchmark.bnn_model(args.config, FP_OVERRIDES), args.batch, args.steps)
     kinds = sorted(set(bnn[0]) | set(fp[0]), key=lambda k: -max(bnn[0].get(k, 0),

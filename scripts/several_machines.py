@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import benchmark  # noqa: E402  (the CPU line every benchmark prints)
 import machines  # noqa: E402
+
+from bnn_cli.assemble import machine  # noqa: E402  (the CPU line every benchmark prints)
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 GRID = ["0.001", "0.003", "0.01", "0.03"]
@@ -136,7 +137,7 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="several-machines-"))
     out.mkdir(parents=True, exist_ok=True)
-    print(benchmark.imagenet_pipeline.cpu_line(benchmark.cpu_info()), flush=True)
+    print(str(machine.cpu()), flush=True)
     print(sweep(out), flush=True)
     print()
     print(training(out), flush=True)
