@@ -17,6 +17,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import numpy as np
+
 from bnn_cli import activations as _activations  # noqa: F401  registers "hard_tanh"...
 from bnn_cli import constraints as _constraints  # noqa: F401  registers "weight_clip"
 from bnn_cli import quantizers
@@ -220,11 +222,16 @@ class PadValuesMixin:
     convolution with ``padding="valid"``; with zeros it uses the native padding.
 
     In training, a plain convolution (Conv1D, Conv2D, Conv3D) skips the padded copy of its
-    input: ``conv(pad(x, v), w) = conv_same(x, w) + conv(pad(0, v), w)``, where the
-    second term is one convolution of a single all-zero example padded with ``v``: it
-    depends only on the kernel, and costs 1/batch of the first. Outside training the
-    explicit padding stays, which is the pattern the Larq Compute Engine converter fuses
-    into its binary convolution.
+    input: ``conv(pad(x, v), w) = conv_same(x, w) + border(w)``. The border term depends
+    only on the kernel: an output position gets ``v`` times the sum of the kernel taps
+    that fall outside the input, ``border = v * M @ sum_over_input_channels(w)``, where
+    ``M[position, tap]`` is 1 for a tap outside (a constant of the layer's shapes), taken
+    only for the positions next to the border. It is one small matrix product, where a
+    convolution of one padded example of zeros cost oneDNN calls of its own in both
+    directions: more than a third of the step's overhead over full precision, measured
+    with ``scripts/profile_step.py``. Outside training the explicit
+    padding stays, which is the pattern the Larq Compute Engine converter fuses into its
+    binary convolution.
     """
 
     def __init__(self, *args: Any, pad_values: float = 0.0, **kwargs: Any):
@@ -257,7 +264,9 @@ class PadValuesMixin:
         return [[0, 0], [0, 0], *spatial_pads]
 
     def _padded(self, inputs: tf.Tensor) -> tf.Tensor:
-        shape = inputs.shape if inputs.shape[1:].is_fully_defined() else tf.shape(inputs)
+        # (each size as a number where it is known, else as a tensor)
+        shape = [n if n is not None else tf.shape(inputs)[i]
+                 for i, n in enumerate(inputs.shape)]
         paddings = self._full_padding(self._same_padding(self._spatial(shape)))
         return tf.pad(inputs, paddings, constant_values=self.pad_values)
 
@@ -286,11 +295,43 @@ class PadValuesMixin:
         outputs = super().convolution_op(inputs, kernel)
         if self.padding != "same" or self._native_padding:
             return outputs  # (native, or inside call's explicit padding: "valid")
-        # One example of zeros, padded with pad_values: its convolution is the border's
-        # contribution, the same for every example of the batch.
-        one = tf.zeros(tf.concat([[1], tf.shape(inputs)[1:]], 0), outputs.dtype)
-        with _swapped(self, "padding", "valid"):
-            return outputs + super().convolution_op(self._padded(one), kernel)
+        spatial = self._spatial(inputs.shape)
+        if None in spatial:  # (no static shape to build M from: one padded example)
+            one = tf.zeros(tf.concat([[1], tf.shape(inputs)[1:]], 0), outputs.dtype)
+            with _swapped(self, "padding", "valid"):
+                return outputs + super().convolution_op(self._padded(one), kernel)
+        outside = self._outside_taps(spatial)  # (output positions, kernel taps)
+        rows = np.flatnonzero(outside.any(axis=1))  # the positions a pad reaches
+        if rows.size == 0:
+            return outputs
+        # B repeats each tap's column once per input channel, so that B @ kernel (as
+        # (taps * input channels, filters)) sums each tap over its input channels: one
+        # matrix product, whose gradient needs no broadcast of the kernel's shape.
+        b = np.repeat(outside[rows], kernel.shape[-2], axis=1) * self.pad_values
+        border = tf.matmul(tf.constant(b, kernel.dtype),
+                           tf.reshape(kernel, [b.shape[1], -1]))  # (rows, filters)
+        border = tf.scatter_nd(rows[:, None].astype(np.int32), border,
+                               [outside.shape[0], border.shape[1]])
+        out_spatial = [-(-size // s) for size, s in zip(spatial, self.strides, strict=True)]
+        if self.data_format == "channels_last":
+            return outputs + tf.reshape(border, [1, *out_spatial, -1])
+        return outputs + tf.reshape(tf.transpose(border), [1, -1, *out_spatial])
+
+    def _outside_taps(self, spatial: list[int]) -> np.ndarray:
+        """M: 1 where an output position's kernel tap falls outside the input, as
+        (output positions, kernel taps), each in row-major order."""
+        rank = len(spatial)
+        inside = np.ones([1] * 2 * rank, bool)  # (*output positions, *kernel taps)
+        for i, (size, k, s, d) in enumerate(zip(spatial, self.kernel_size, self.strides,
+                                                self.dilation_rate, strict=True)):
+            out = -(-size // s)
+            before = max((out - 1) * s + (k - 1) * d + 1 - size, 0) // 2  # as "same"
+            index = np.arange(out)[:, None] * s - before + np.arange(k)[None, :] * d
+            shape = [1] * 2 * rank
+            shape[i], shape[rank + i] = out, k
+            inside = inside & ((index >= 0) & (index < size)).reshape(shape)
+        positions = int(np.prod(inside.shape[:rank]))
+        return (~inside).reshape(positions, -1).astype(np.float32)
 
     def get_config(self):
         return {**super().get_config(), "pad_values": float(self.pad_values)}

@@ -245,6 +245,7 @@ BORDER_CASES = [
     (bl.QuantConv1D, (4, 9, 3), {"kernel_size": 4, "strides": 2}),
     (bl.QuantConv2D, (4, 7, 8, 3), {"kernel_size": 3}),
     (bl.QuantConv2D, (4, 8, 8, 3), {"kernel_size": 3, "strides": 2}),
+    (bl.QuantConv2D, (4, 10, 7, 3), {"kernel_size": (4, 2), "strides": (3, 2)}),
     (bl.QuantConv2D, (4, 9, 6, 3), {"kernel_size": (3, 5), "dilation_rate": 2}),
     (bl.QuantConv3D, (2, 5, 6, 4, 2), {"kernel_size": 3}),
 ]
@@ -274,6 +275,33 @@ def test_training_border_term_equals_explicit_padding(cls, shape, kwargs):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=label)
 
 
+def test_the_border_term_without_static_sizes():
+    """Where the spatial sizes are known only at run time (no constant M to build), the
+    border term is the convolution of one padded example of zeros: the same outputs."""
+    layer = bl.QuantConv2D(5, 3, strides=2, padding="same", pad_values=1.0,
+                           input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+    x = tf.constant(np.random.default_rng(1).uniform(-1, 1, (3, 7, 8, 2)).astype(F32))
+    inference = layer(x, training=False).numpy()
+    dynamic = tf.function(lambda x: layer(x, training=True),
+                          input_signature=[tf.TensorSpec((None, None, None, 2))])
+    np.testing.assert_array_equal(dynamic(x).numpy(), inference)
+    conv_inputs = [op.inputs[0].shape.as_list() for op in
+                   dynamic.get_concrete_function().graph.get_operations()
+                   if op.type == "Conv2D"]
+    assert len(conv_inputs) == 2  # (the batch, then the one example)
+
+
+def test_outside_taps_by_hand():
+    """M for a 3x3 kernel on a 3x3 input, stride 1: the corner output misses 5 taps
+    (the first row and column), the centre none."""
+    layer = bl.QuantConv2D(1, 3, padding="same", pad_values=1.0)
+    outside = layer._outside_taps([3, 3])
+    assert outside.shape == (9, 9)
+    np.testing.assert_array_equal(outside[0].reshape(3, 3), [[1, 1, 1], [1, 0, 0], [1, 0, 0]])
+    assert outside[4].sum() == 0
+    np.testing.assert_array_equal(outside[8].reshape(3, 3), [[0, 0, 1], [0, 0, 1], [1, 1, 1]])
+
+
 def _ops(layer, shape, training):
     fn = tf.function(lambda x: layer(x, training=training))
     graph = fn.get_concrete_function(tf.TensorSpec(shape, tf.float32)).graph
@@ -292,7 +320,8 @@ def test_the_border_term_is_for_training_only():
         lambda x: layer(x, training=True)).get_concrete_function(
         tf.TensorSpec((8, 6, 6, 2), tf.float32)).graph.get_operations()
         if op.type == "Conv2D"]
-    assert sorted(conv_inputs) == [[1, 8, 8, 2], [8, 6, 6, 2]]  # the batch is not padded
+    # one convolution, of the batch as it is: no padded copy, no second convolution
+    assert conv_inputs == [[8, 6, 6, 2]]
     depthwise = bl.QuantDepthwiseConv2D(3, padding="same", pad_values=1.0)
     depthwise.build((None, 6, 6, 2))
     assert not depthwise._border_term  # (it calls TensorFlow itself: explicit padding)

@@ -826,3 +826,19 @@ def test_tanh_is_real_to_binarys_soft_sign_with_its_own_gradient():
     np.testing.assert_allclose(tape.gradient(y, x).numpy(), 1 - np.tanh(x.numpy()) ** 2,
                                rtol=1e-5, atol=1e-6)
     assert getattr(q, "precision", None) is None  # real-valued: not counted as binary
+
+
+@pytest.mark.parametrize("name", ["ste_sign", "approx_sign"])
+def test_sign_pseudo_gradients_bit_for_bit_as_larq(name):
+    """The training-speed rewrites of the pseudo-gradients (a scalar zero in the mask,
+    approx_sign's mask as a maximum) keep Larq's values to the last bit: at the clip
+    boundary, one ulp either side of it, at zero and far out, on a large random tensor."""
+    ulp = np.float32(np.spacing(np.float32(1.0)))
+    edges = [1.0, -1.0, 1.0 + 2 * ulp, 1.0 - ulp, -1.0 - 2 * ulp, -1.0 + ulp, 0.0, -0.0,
+             0.5, -0.999, 3.0, -1e6]
+    x = np.concatenate([np.array(edges, F32),
+                        np.random.default_rng(3).normal(0, 1.5, 4096).astype(F32)])
+    ours = _value_and_grad(getattr(bq, name), x)
+    theirs = _value_and_grad(getattr(lq.quantizers, name), x)
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    np.testing.assert_array_equal(ours[1], theirs[1])
