@@ -22,6 +22,7 @@ from bnn_cli.config.schema import (
     ColorJitter,
     DataConfig,
     Lighting,
+    RandomErasing,
     RandomResizedCrop,
     TrainingConfig,
 )
@@ -147,6 +148,46 @@ def test_lighting_adds_alexnets_pca_shift_per_image() -> None:
     assert 0 < np.abs(alpha).max() < 0.5
     np.testing.assert_array_equal(images.lighting(x, Lighting(alphastd=0.0),
                                                   tf.constant([1, 2])), x)
+
+
+def test_random_erasing_sets_one_rectangle_of_the_drawn_size_to_fill() -> None:
+    """Each erased image has exactly one rectangle of the fill value, of an area and
+    aspect in the step's ranges (whole pixels round them); the others are untouched."""
+    x = tf.random.uniform([400, 28, 28, 1], 0.1, 1.0, seed=3)  # (no pixel equals fill)
+    fill = tf.constant([[[-1.0]]])
+    step = RandomErasing(probability=0.5, area=[0.05, 0.2], aspect=[0.5, 2.0])
+    out = images.random_erasing(x, step, fill, tf.constant([7, 8])).numpy()
+    erased = out[..., 0] == -1.0
+    np.testing.assert_array_equal(out[~erased], x.numpy()[~erased])
+    hit = erased.any(axis=(1, 2))
+    assert 150 < hit.sum() < 250  # about half
+    for mask in erased[hit]:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        h, w = len(rows), len(cols)
+        assert mask.sum() == h * w and np.ptp(rows) == h - 1 and np.ptp(cols) == w - 1
+        assert 0.04 <= h * w / 784 <= 0.22
+        assert 0.5 / 1.5 <= h / w <= 2.0 * 1.5
+    again = images.random_erasing(x, step, fill, tf.constant([7, 8])).numpy()
+    np.testing.assert_array_equal(again, out)  # seeded
+    never = RandomErasing(probability=0.0)
+    np.testing.assert_array_equal(images.random_erasing(x, never, fill, tf.constant([1, 2])), x)
+
+
+def test_random_erasing_in_a_config_erases_training_batches_with_black(photos: Path) -> None:
+    """Through the pipeline: training batches get black rectangles (after a [-1, 1]
+    rescale, -1 in every channel); evaluation batches are never erased."""
+    pre = [{"type": "rescale", "max_value": 255, "range": [-1, 1]}, {"type": "resize",
+                                                                     "height": 24, "width": 24}]
+    aug = [{"type": "random_erasing", "probability": 1.0, "area": [0.2, 0.2],
+            "aspect": [1.0, 1.0]}]
+    cfg = _config(photos, augmentation=aug, preprocessing=pre)
+    x, _ = next(iter(data.load_split(cfg, "train", training=True, batch_size=8, seed=1,
+                                     data_dir=None)))
+    black = (x.numpy() == -1.0).all(axis=-1)
+    assert all(m.sum() == 11 * 11 for m in black)  # round(sqrt(0.2 * 576)) = 11
+    x, _ = next(iter(data.load_split(cfg, "test", training=False, batch_size=8, seed=1,
+                                     data_dir=None)))
+    assert not (x.numpy() == -1.0).all(axis=-1).any(axis=(1, 2)).all()
 
 
 def test_color_jitter_stays_in_range_and_brightness_adds_one_delta_per_image() -> None:

@@ -190,6 +190,30 @@ class ColorJitter(Strict):
     saturation: float = Field(default=0.0, ge=0, le=1)
 
 
+class RandomErasing(Strict):
+    """Random erasing (Zhong et al., AAAI 2020; Cutout, DeVries and Taylor 2017): with
+    probability ``probability`` an image gets one rectangle set to black (what a black
+    pixel becomes after the preprocessing). The rectangle covers a fraction of the image
+    drawn uniformly from ``area``, at an aspect ratio (height / width) drawn log-uniformly
+    from ``aspect``, at a uniform random place; where its side would exceed the image's
+    it is cut to the image (torchvision draws again instead). torchvision's defaults."""
+
+    type: Literal["random_erasing"] = "random_erasing"
+    probability: float = Field(default=0.5, ge=0, le=1)
+    area: tuple[float, float] = (0.02, 0.33)
+    aspect: tuple[float, float] = (0.3, 3.3)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> RandomErasing:
+        if not 0 < self.area[0] <= self.area[1] <= 1:
+            raise ValueError(f"area must be [low, high] with 0 < low <= high <= 1, got "
+                             f"{list(self.area)}")
+        if not 0 < self.aspect[0] <= self.aspect[1]:
+            raise ValueError(f"aspect must be [low, high] with 0 < low <= high, got "
+                             f"{list(self.aspect)}")
+        return self
+
+
 # AlexNet's PCA of ImageNet's RGB pixels (Krizhevsky et al. 2012, as fb.resnet.torch,
 # ReActNet and BNext use it), for pixels in [0, 1].
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -212,8 +236,10 @@ class Lighting(Strict):
 
 PreprocessStep = Annotated[Rescale | Resize | Normalize | ResizeShorter | CenterCrop,
                            Field(discriminator="type")]
-AugmentStep = Annotated[RandomFlip | RandomCrop | RandomResizedCrop | ColorJitter | Lighting,
-                        Field(discriminator="type")]
+AugmentStep = Annotated[RandomFlip | RandomCrop | RandomResizedCrop | ColorJitter | Lighting
+                        | RandomErasing, Field(discriminator="type")]
+PIXEL_STEPS = (ColorJitter, Lighting, RandomErasing)
+"""The augmentation steps that change pixels, never the image's size."""
 GEOMETRY_STEPS = (Resize, ResizeShorter, CenterCrop, RandomCrop, RandomResizedCrop)
 """The steps that set an image's height and width."""
 

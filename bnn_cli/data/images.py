@@ -13,6 +13,7 @@ from the seed it is given, so the pipeline's epochs replay exactly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from bnn_cli._keras import tf
@@ -167,6 +168,42 @@ def _window_indices(batch: tf.Tensor, length: tf.Tensor, size: int, seed: tf.Ten
         [batch], seed, minval=0, maxval=length - size + 1, dtype=tf.int32
     )
     return start[:, None] + tf.range(size)
+
+
+def random_erasing(x: Image, step: schema.RandomErasing, fill: Image,
+                   seed: tf.Tensor) -> Image:
+    """:class:`~bnn_cli.config.schema.RandomErasing` of a batch [B, H, W, C]: one
+    rectangle per erased image set to ``fill`` (a per-channel value)."""
+    batch, height, width = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+    seeds = tf.random.experimental.stateless_split(seed, num=5)
+    pixels = tf.cast(height * width, tf.float32)
+    area = tf.random.stateless_uniform([batch], seeds[0], *step.area) * pixels
+    log_aspect = tf.random.stateless_uniform([batch], seeds[1], math.log(step.aspect[0]),
+                                              math.log(step.aspect[1]))
+    aspect = tf.exp(log_aspect)  # height / width
+
+    def side(length: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+        return tf.clip_by_value(tf.cast(tf.round(length), tf.int32), 1, size)
+
+    h, w = side(tf.sqrt(area * aspect), height), side(tf.sqrt(area / aspect), width)
+    top = _start(h, height, seeds[2])
+    left = _start(w, width, seeds[3])
+    erase = tf.random.stateless_uniform([batch], seeds[4]) < step.probability
+
+    def inside(start: tf.Tensor, size: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+        index = tf.range(length)[None, :]
+        return (index >= start[:, None]) & (index < (start + size)[:, None])  # [B, L]
+
+    rect = inside(top, h, height)[:, :, None] & inside(left, w, width)[:, None, :]
+    mask = (rect & erase[:, None, None])[..., None]
+    return tf.where(mask, tf.cast(fill, x.dtype), x)
+
+
+def _start(size: tf.Tensor, length: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """A uniform start in [0, length - size] for each of the batch's sizes."""
+    draw = tf.random.stateless_uniform(tf.shape(size), seed)
+    start = tf.cast(tf.floor(draw * tf.cast(length - size + 1, tf.float32)), tf.int32)
+    return tf.minimum(start, length - size)  # (a draw that rounds up to 1)
 
 
 def color_jitter(x: Image, step: schema.ColorJitter, seed: tf.Tensor) -> Image:

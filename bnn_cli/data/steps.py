@@ -199,6 +199,8 @@ def _augment_fn(step: Any, fill: Image, to_unit: Callable, from_unit: Callable
         return lambda x, seed: images.random_flip(x, step.mode, seed)
     if isinstance(step, schema.RandomCrop):
         return lambda x, seed: images.random_crop(x, step, fill, seed)
+    if isinstance(step, schema.RandomErasing):
+        return lambda x, seed: images.random_erasing(x, step, fill, seed)
     colour = images.color_jitter if isinstance(step, schema.ColorJitter) else images.lighting
     return lambda x, seed: from_unit(colour(to_unit(x), step, seed))
 
@@ -225,7 +227,7 @@ def model_input_shape(info: DataInfo, data: schema.DataConfig) -> tuple[int | No
         if isinstance(step, schema.ResizeShorter):
             square = shape[0] is not None and shape[0] == shape[1]
             shape = (step.size, step.size, shape[2]) if square else (None, None, shape[2])
-        elif not isinstance(step, schema.ColorJitter | schema.Lighting):
+        elif not isinstance(step, schema.PIXEL_STEPS):
             shape = (step.height, step.width, shape[2])
     if info.kind == "image_folder" and None in shape[:2]:
         sizes = ", ".join(f"{h}x{w}" for h, w in info.image_sizes)
