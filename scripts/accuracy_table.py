@@ -186,8 +186,8 @@ def time_cell(runs: list[dict], reference: float | None) -> str:
     if not all(unit(r, reference) for r in runs):
         return "—"
     each = [wall_seconds(r) / unit(r, reference) for r in runs]
-    more = f" ({', '.join(f'{e:.0f}' for e in each)})" if len(each) > 1 else ""
-    return f"{statistics.fmean(each):.0f}{more}"
+    more = f" ({', '.join(f'{e:.1f}' for e in each)})" if len(each) > 1 else ""
+    return f"{statistics.fmean(each):.1f}{more}"
 
 
 def compute_cell(runs: list[dict]) -> str:

@@ -46,7 +46,7 @@ def test_seeds_make_one_row_with_mean_spread_reference_epochs_and_compute(tmp_pa
     text = table.with_suffix(".md").read_text()
     line = next(x for x in text.splitlines() if "mnist_bnn_fast" in x)
     # (100 s a process = 5 reference epochs of 20 s)
-    assert "| 1.7 min | 5 (5, 5, 5) |" in line
+    assert "| 1.7 min | 5.0 (5.0, 5.0, 5.0) |" in line
     assert "**99.55 %** mean of 3 seeds (99.50, 99.60, 99.55; spread 0.10)" in line
     assert "| 3.00e+12 / 1.00e+10 |" in line
     assert (table.parent / "time_to_accuracy.png").stat().st_size > 1000
@@ -82,7 +82,7 @@ def test_runs_made_on_other_machines_keep_their_own_reference_epoch(tmp_path, mo
     assert accuracy_table.main() == 0
     text = table.with_suffix(".md").read_text()
     line = next(x for x in text.splitlines() if "fashion_mnist_bnn_fast" in x)
-    assert "| 5 (5, 5) |" in line  # 200 s / 40 s and 100 s / 20 s
+    assert "| 5.0 (5.0, 5.0) |" in line  # 200 s / 40 s and 100 s / 20 s
     assert "40.0 s on old CPU" in text and "20.0 s on " in text
     assert (table.parent / "time_to_accuracy.png").stat().st_size > 1000
 
