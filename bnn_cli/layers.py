@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -236,6 +237,9 @@ class PadValuesMixin:
 
     def __init__(self, *args: Any, pad_values: float = 0.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # (one constant for every padded value: a list would fail only inside a step)
+        if isinstance(pad_values, bool) or not isinstance(pad_values, numbers.Real):
+            raise ValueError(f"pad_values must be a number, got {pad_values!r}")
         self.pad_values = pad_values
         native = self.padding != "same" or self.pad_values == 0.0
         if self.padding == "causal" and self.pad_values != 0.0:

@@ -64,7 +64,7 @@ def test_accuracy_cell(runs, cell):
 def test_rows_without_a_reference_or_compute_say_so():
     run = {"process_seconds": None, "train_seconds": 60.0, "compute": None}
     assert accuracy_table.time_cell([run], None) == "—"
-    assert accuracy_table.time_cell([run], 30.0) == "2"
+    assert accuracy_table.time_cell([run], 30.0) == "2.0"
     assert accuracy_table.compute_cell([run]) == "—"
 
 

@@ -411,14 +411,20 @@ def test_found_training_step_errors_are_clean(tmp_path):
     code, out = run_bnn(["train", QUICKSTART, "training.loss=categorical_crossentropy",
                          *TINY, "--output", str(tmp_path)], "train")
     assert code == 2 and "are incompatible" in out and "data.one_hot" in out, out
+    code, out = run_bnn(["train", QUICKSTART, "model.layers[5].pad_values=[1, 2]", *TINY,
+                         "--output", str(tmp_path)], "train")
+    assert code == 2 and "model.layers[5].pad_values: expected a number, got [1, 2]" in out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_found_runtime_op_errors_mark_the_run_failed(tmp_path):
-    """A value only the running op checks: exit 2 naming the layer, the run marked failed,
-    and --resume and eval of what it left answer cleanly."""
-    code, out = run_bnn(["train", QUICKSTART, "model.layers[5].pad_values=[1, 2]", *TINY,
+    """A value only the running op checks (5 outputs for 10 classes: the loss op finds a
+    label out of range): exit 2 naming the op and the epoch, the run marked failed, and
+    --resume and eval of what it left answer cleanly."""
+    code, out = run_bnn(["train", QUICKSTART, "model.layers[11].units=5", *TINY,
                          "--output", str(tmp_path)], "train")
-    assert code == 2 and "constant_values must be a scalar" in out and "quant_conv2d_2" in out
+    assert code == 2 and "training failed in epoch 1" in out, out
+    assert "outside the valid range of [0, 5)" in out and "sparse_categorical" in out, out
     (run,) = list(tmp_path.iterdir())
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
     _later_use_works(tmp_path)
