@@ -144,6 +144,16 @@ class RandomCrop(Strict):
     padding: int = Field(default=0, ge=0, le=MAX_IMAGE_SIDE)
 
 
+def _check_rectangle(area: tuple[float, float], aspect: tuple[float, float]) -> None:
+    """A random rectangle's ranges: ``area`` a fraction of the image, ``aspect`` > 0."""
+    if not 0 < area[0] <= area[1] <= 1:
+        raise ValueError(f"area must be [low, high] with 0 < low <= high <= 1, got "
+                         f"{list(area)}")
+    if not 0 < aspect[0] <= aspect[1]:
+        raise ValueError(f"aspect must be [low, high] with 0 < low <= high, got "
+                         f"{list(aspect)}")
+
+
 class RandomResizedCrop(Strict):
     """Inception-style crop: a random window covering ``area`` of the image at an aspect
     ratio (width / height) in ``aspect``, log-uniform, resized to height x width.
@@ -166,12 +176,7 @@ class RandomResizedCrop(Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> RandomResizedCrop:
-        if not 0 < self.area[0] <= self.area[1] <= 1:
-            raise ValueError(f"area must be [low, high] with 0 < low <= high <= 1, got "
-                             f"{list(self.area)}")
-        if not 0 < self.aspect[0] <= self.aspect[1]:
-            raise ValueError(f"aspect must be [low, high] with 0 < low <= high, got "
-                             f"{list(self.aspect)}")
+        _check_rectangle(self.area, self.aspect)
         return self
 
 
@@ -205,12 +210,7 @@ class RandomErasing(Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> RandomErasing:
-        if not 0 < self.area[0] <= self.area[1] <= 1:
-            raise ValueError(f"area must be [low, high] with 0 < low <= high <= 1, got "
-                             f"{list(self.area)}")
-        if not 0 < self.aspect[0] <= self.aspect[1]:
-            raise ValueError(f"aspect must be [low, high] with 0 < low <= high, got "
-                             f"{list(self.aspect)}")
+        _check_rectangle(self.area, self.aspect)
         return self
 
 
