@@ -229,10 +229,10 @@ class PadValuesMixin:
     ``M[position, tap]`` is 1 for a tap outside (a constant of the layer's shapes), taken
     only for the positions next to the border. It is one small matrix product, where a
     convolution of one padded example of zeros cost oneDNN calls of its own in both
-    directions: more than a third of the step's overhead over full precision, measured
-    with ``scripts/profile_step.py``. Outside training the explicit
-    padding stays, which is the pattern the Larq Compute Engine converter fuses into its
-    binary convolution.
+    directions (in ``scripts/profile_step.py``'s op times, about a third of the BNN
+    step's overhead over full precision). Outside training the explicit padding stays,
+    which is the pattern the Larq Compute Engine converter fuses into its binary
+    convolution.
     """
 
     def __init__(self, *args: Any, pad_values: float = 0.0, **kwargs: Any):
