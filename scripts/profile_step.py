@@ -4,20 +4,25 @@ a few steps of a config's network as bnn trains it and of its full-precision twi
 quantizer and clip removed, zero padding), on random data.
 
     python scripts/profile_step.py [--config configs/mnist_bnn_fast.yaml] [--batch 128]
-        [--steps 10] [--top 15]
+        [--steps 10] [--top 15] [--rounds 3]
 
 Prints, per op type, the milliseconds a step spends in it (summed over the ops the
 profiler saw on TensorFlow's executor threads: ops that run at once both count) and how
 many such ops a step runs, for both networks side by side; the quantizers' elementwise
 work (Sign, Select, Abs, ...) and the copies (Pad, Slice, ...) show up as their own rows.
+With ``--rounds N`` it first times both networks' whole steps without the profiler, in
+process CPU time, alternating, N rounds of at least 40 steps (the README's bnn vs
+full-precision ratio for this config).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import benchmark
@@ -26,10 +31,9 @@ from accuracy_table import FP_OVERRIDES
 from bnn_cli.assemble import machine
 
 
-def profile(model, batch: int, steps: int) -> tuple[dict[str, float], dict[str, int]]:
-    """Milliseconds per step and ops per step, by op type."""
+def compiled_with_data(model, batch: int, steps: int):
+    """Compile ``model`` and warm it up; ``steps`` batches of cached random data."""
     import numpy as np
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     from bnn_cli._keras import tf
 
@@ -40,6 +44,29 @@ def profile(model, batch: int, steps: int) -> tuple[dict[str, float], dict[str, 
     list(data)
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(data.take(2), verbose=0)  # trace and warm up
+    return data
+
+
+def cpu_ms_per_step(models: dict, batch: int, steps: int, rounds: int) -> dict[str, float]:
+    """Median process CPU milliseconds per step, the models timed in alternation (CPU
+    time: it moves less than wall time when the host throttles)."""
+    data = {name: compiled_with_data(m, batch, steps) for name, m in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, m in models.items():
+            start = time.process_time()
+            m.fit(data[name], verbose=0)
+            times[name].append(1000 * (time.process_time() - start) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def profile(model, batch: int, steps: int) -> tuple[dict[str, float], dict[str, int]]:
+    """Milliseconds per step and ops per step, by op type."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from bnn_cli._keras import tf
+
+    data = compiled_with_data(model, batch, steps)
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
         model.fit(data, verbose=0)
@@ -71,8 +98,18 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="also time both networks' steps in CPU time, alternating, "
+                             "this many rounds (no profiler)")
     args = parser.parse_args()
     cpu = str(machine.cpu())
+    if args.rounds:
+        ms = cpu_ms_per_step({"bnn": benchmark.bnn_model(args.config),
+                              "fp": benchmark.bnn_model(args.config, FP_OVERRIDES)},
+                             args.batch, max(args.steps, 40), args.rounds)
+        print(f"CPU ms per step (median of {args.rounds} rounds): bnn {ms['bnn']:.1f}, "
+              f"full precision {ms['fp']:.1f}, bnn vs full precision "
+              f"{ms['fp'] / ms['bnn']:.2f}x\n")
     bnn = profile(benchmark.bnn_model(args.config), args.batch, args.steps)
     fp = profile(benchmark.bnn_model(args.config, FP_OVERRIDES), args.batch, args.steps)
     kinds = sorted(set(bnn[0]) | set(fp[0]), key=lambda k: -max(bnn[0].get(k, 0),
