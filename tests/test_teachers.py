@@ -180,3 +180,24 @@ def test_teacher_mistakes_are_located(tmp_path, capsys, distill, teacher, messag
     assert message in err and f"{config}:" in err and "Traceback" not in err, err
     if teacher == "classes":
         assert "gives 7 outputs, but the dataset has 10 classes" in err
+
+
+def test_distilling_in_mixed_float16(tmp_path):
+    """The distilling trainer takes the model's loss-scale optimizer as it is (wrapping
+    an optimizer twice is an error), and the loss scale is saved with the checkpoint."""
+    import json
+
+    import tensorflow as tf
+
+    from bnn_cli.rundir.run import RunDir
+
+    keras_teacher(tmp_path / "teacher.h5")
+    config = _config(tmp_path, "{teacher: teacher.h5}")
+    out = tmp_path / "runs"
+    assert main(["train", str(config), *FAST, "runtime.mixed_precision=mixed_float16",
+                 "--output", str(out)]) == 0
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["distill_loss"] > 0 and np.isfinite(row["loss"])
+    reader = tf.train.load_checkpoint(RunDir(run).load_checkpoint("last").prefix)
+    assert [n for n in reader.get_variable_to_shape_map() if "loss_scale" in n]

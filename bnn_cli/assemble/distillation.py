@@ -133,12 +133,14 @@ def soft_target_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor,
 
 class Distiller(keras.Model):
     """Trains ``student`` on ``training.loss`` plus the distillation terms; validation
-    and metrics are the student's alone."""
+    and metrics are the student's alone (scored by ``scorer``, where test-time
+    augmentation wraps it)."""
 
     def __init__(self, student: keras.Model, teachers: list[keras.Model], spec: Distill,
-                 **kwargs: Any) -> None:
+                 scorer: keras.Model | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.student, self.teachers, self.spec = student, teachers, spec
+        self.scorer = scorer or student
         pairs = [(p.student, p.teacher or p.student) for p in spec.attention]
         self.student_taps = keras.Model(
             student.inputs, [logits_of(student), *(_output(student, s) for s, _ in pairs)])
@@ -197,7 +199,7 @@ class Distiller(keras.Model):
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, y = data
-        probs = self.student(x, training=False)
+        probs = self.scorer(x, training=False)
         self.loss_mean.update_state(tf.reduce_mean(self.label_loss(y, probs)))
         self.compiled_metrics.update_state(y, probs)
         return self._results()

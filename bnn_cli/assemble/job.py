@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from bnn_cli._keras import keras, tf
 from bnn_cli.assemble import mixed_precision as precision
 from bnn_cli.assemble import strategy as distribute
+from bnn_cli.assemble import test_time
 from bnn_cli.assemble.check import CheckedConfig, CheckedStage, CheckedTeacher
 from bnn_cli.assemble.distillation import Distiller
 from bnn_cli.assemble.model import build_loss, build_optimizer
@@ -32,10 +33,17 @@ class Job:
     checkpoint: tf.train.Checkpoint
     trainer: keras.Model | None = None  # what `fit` trains, if not the model (distillation)
     stage: CheckedStage | None = None  # of a multi-stage config
+    scorer: keras.Model | None = None  # what scores the model, if not itself (test_time)
 
     @property
     def fit_model(self) -> keras.Model:
-        return self.trainer or self.model
+        return self.trainer or self.scorer or self.model
+
+    @property
+    def scoring_model(self) -> keras.Model:
+        """What validation, evaluation and prediction call: the model, or its test-time
+        augmented form."""
+        return self.scorer or self.model
 
     @property
     def config(self) -> Config:
@@ -53,10 +61,13 @@ class Job:
 def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = None,
             teachers: list[keras.Model] | None = None, *,
             for_training: bool = True) -> Job:
-    """Build the model and the optimizer of a checked config (new run or resume); a
-    stage that distills trains a :class:`~bnn_cli.assemble.distillation.Distiller` of the model
-    and ``teachers``. Not ``for_training`` (evaluation, export), the model is float32
-    whatever ``runtime.mixed_precision`` says: the weights are float32 either way."""
+    """Build the model and the optimizer of a checked config (new run or resume).
+
+    A stage that distills trains a :class:`~bnn_cli.assemble.distillation.Distiller` of
+    the model and ``teachers``; test-time augmentation scores through a
+    :class:`~bnn_cli.assemble.test_time.TestTimeAugmented` of the model. Not
+    ``for_training`` (evaluation, export), the model is float32 whatever
+    ``runtime.mixed_precision`` says: the weights are float32 either way."""
     training = checked.spec.training
     if training.seed is not None:
         keras.utils.set_random_seed(training.seed)
@@ -78,21 +89,23 @@ def prepare(checked: CheckedConfig, run: RunDir, stage: CheckedStage | None = No
         loss = build_loss(training)
         model.compile(optimizer=optimizer, loss=loss,
                       metrics=list(training.metrics), **engine)
+        # data.test_time_augmentation: validation and evaluation score through a wrapper
+        # of the model, which trains the model as it is.
+        scorer = test_time.augmented(model, checked.spec.data.test_time_augmentation)
         trainer = None
         if stage is not None and stage.distill is not None:
-
-            with precision.policy(policy):  # (its loss scaling follows the model's)
-                trainer = Distiller(model, teachers, stage.distill)
-            trainer.compile(optimizer=optimizer, loss=loss,
+            trainer = Distiller(model, teachers, stage.distill, scorer=scorer)
+        # The wrappers train with the model's own optimizer: under mixed_float16, the
+        # loss-scale wrapper compile gave it (an optimizer takes only one).
+        for wrapper in (w for w in (scorer, trainer) if w is not None):
+            wrapper.compile(optimizer=model.optimizer, loss=loss,
                             metrics=list(training.metrics), **engine)
         # Create the optimizer's slots now, so a checkpoint restores into them.
         if hasattr(optimizer, "build"):
             optimizer.build(model.trainable_variables)
-        # What `fit` trains with: under mixed_float16, compile's loss-scale wrapper of
-        # `optimizer`, whose loss scale is state to resume too.
-        checkpoint = tf.train.Checkpoint(model=model,
-                                         optimizer=(trainer or model).optimizer)
-    return Job(checked, run, model, checkpoint, trainer, stage)
+        # (with its loss scale, under mixed_float16: state to resume too)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    return Job(checked, run, model, checkpoint, trainer, stage, scorer)
 
 
 def check_training_step(job: Job) -> None:

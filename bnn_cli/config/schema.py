@@ -264,6 +264,10 @@ class DataConfig(Strict):
     label_key: str = "label"
     preprocessing: list[PreprocessStep] = Field(default_factory=lambda: [Rescale()])
     augmentation: list[AugmentStep] = Field(default_factory=list)  # training split only
+    # Score the mean of the model's outputs on each image and on its mirror image:
+    # validation (so the checkpoint chosen), the test, `bnn eval` and `bnn predict`
+    # (bnn_cli.assemble.test_time). Training is unchanged; scoring costs twice.
+    test_time_augmentation: Literal["horizontal_flip"] | None = None
     one_hot: bool = False  # one-hot labels (for categorical_crossentropy)
     # auto: hold a split in memory when it fits cache_budget_mb (decoded; encoded files
     # where a random_resized_crop decodes them anew each epoch), else read it each epoch.

@@ -22,7 +22,7 @@ def evaluate_target(target: str | Path, options: TargetOptions, *,
     job, run, ckpt = found.job, found.run, found.checkpoint
     split = split or job.config.spec.data.test_split
     if ckpt is None:
-        return evaluate(job.model, job.config, job.data_dir, split, run, str(target), None,
+        return evaluate(job.scoring_model, job.config, job.data_dir, split, run, str(target), None,
                          None)
     target = Path(target)
     named = target.stem if target.name in ("best.json", "last.json") else options.checkpoint

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from bnn_cli._keras import tf
+from bnn_cli.assemble import test_time
 from bnn_cli.assemble.check import CheckedConfig
 from bnn_cli.data import pipeline as data
 from bnn_cli.deploy.runtimes import load
@@ -126,10 +127,12 @@ def _load_model(target: Path, options: TargetOptions) -> _Model:
         checked = checked_config(target, run, options)
         source = f"config {options.config}" if options.config else f"config of run {run.path}"
         runtime = load(target)
-        return _Model(runtime.predict, checked, f"{runtime.name} file, {source}")
+        predict = test_time.averaged(runtime.predict,
+                                     checked.spec.data.test_time_augmentation)
+        return _Model(predict, checked, f"{runtime.name} file, {source}")
     job, label, _ = load_trained(target, options)
     what = f"checkpoint {label}" if label else "model file"
-    return _Model(lambda x: job.model.predict(x, verbose=0), job.checked, what)
+    return _Model(lambda x: job.scoring_model.predict(x, verbose=0), job.checked, what)
 
 
 # ---------------------------------------------------------------------------------------

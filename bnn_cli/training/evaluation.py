@@ -121,7 +121,7 @@ def evaluate_checkpoint(job: Job, checkpoint: Checkpoint, split: str, target: st
     other epochs reached too says so (``selected_on``'s ``tied_with``)."""
     restore(job, checkpoint, partial=True)
     epoch = checkpoint.state.get("epoch")
-    report = evaluate(job.model, job.config, job.data_dir, split, None, target,
+    report = evaluate(job.scoring_model, job.config, job.data_dir, split, None, target,
                       checkpoint.path.name, epoch)
     if selected_on is not None and pointer == "best":
         monitor = selected_on["monitor"]
