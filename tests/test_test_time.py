@@ -95,9 +95,10 @@ def test_validation_and_test_score_the_mean(run):
     want = {"accuracy": _accuracy(test["mean"], test["y"]),
             "loss": _loss(test["mean"], test["y"])}
     assert _loss(test["plain"], test["y"]) != pytest.approx(want["loss"], rel=1e-3)
-    for metrics in (record["test"]["metrics"], api.evaluate(run).metrics):
-        assert metrics["accuracy"] == pytest.approx(want["accuracy"], abs=1e-6)
-        assert metrics["loss"] == pytest.approx(want["loss"], rel=1e-4)
+    for test in (record["test"], api.evaluate(run).as_dict()):
+        assert test["metrics"]["accuracy"] == pytest.approx(want["accuracy"], abs=1e-6)
+        assert test["metrics"]["loss"] == pytest.approx(want["loss"], rel=1e-4)
+        assert test["test_time_augmentation"] == "horizontal_flip"  # (said where it's read)
 
 
 def test_predict_averages_the_run_and_its_exported_file(run, capsys):

@@ -29,6 +29,7 @@ class EvalReport:
     pointer: str | None = None  # "best"/"last": the run's pointer that names the checkpoint
     selected_on: dict[str, Any] | None = None  # the split and monitor that chose it (ties)
     warning: str | None = None
+    test_time_augmentation: str | None = None  # how each example was scored, if not once
     written: list[str] = field(default_factory=list)
     unsaved: str | None = None  # why the report could not be written into the run
 
@@ -38,6 +39,8 @@ class EvalReport:
                "metrics": self.metrics}
         if self.warning:
             out["warning"] = self.warning
+        if self.test_time_augmentation:
+            out["test_time_augmentation"] = self.test_time_augmentation
         return out
 
     def print(self) -> None:
@@ -51,6 +54,8 @@ class EvalReport:
         if self.checkpoint:
             console.print(describe_selection(self.pointer, self.checkpoint, self.selected_on),
                           soft_wrap=True, markup=False)
+        if self.test_time_augmentation:
+            console.print(describe_scoring(self.test_time_augmentation), markup=False)
         if self.warning:
             sys.stderr.write(f"warning: {self.warning}\n")
         table = Table()
@@ -75,6 +80,12 @@ def describe_selection(pointer: str | None, checkpoint: str,
     if pointer == "last":
         return f"last checkpoint {checkpoint} (the latest epoch; not chosen by a metric)"
     return f"checkpoint {checkpoint} (named directly; no pointer of the run names it)"
+
+
+def describe_scoring(test_time_augmentation: str) -> str:
+    """How a scored example was scored (data.test_time_augmentation)."""
+    return (f"scored with test-time augmentation ({test_time_augmentation}): the mean "
+            "over each image and its mirror image")
 
 
 def selection_warning(cfg: Config, data_dir: str | None, selected_on: dict[str, Any],
@@ -141,7 +152,8 @@ def evaluate(model, cfg: Config, data_dir: str | None, split: str, run: RunDir |
     ds = data.load_split(cfg.spec.data, split, training=False,
                          batch_size=cfg.spec.training.batch_size, seed=None, data_dir=data_dir)
     values = model.evaluate(ds, verbose=0, return_dict=True)
-    report = EvalReport(target, split, {k: float(v) for k, v in values.items()}, label, epoch)
+    report = EvalReport(target, split, {k: float(v) for k, v in values.items()}, label, epoch,
+                        test_time_augmentation=cfg.spec.data.test_time_augmentation)
     if run is not None:
         _save(report, run)
     return report

@@ -22,7 +22,7 @@ from bnn_cli.errors import UserError, error_text
 from bnn_cli.plots import plot_history
 from bnn_cli.rundir.run import RunDir, atomic_save
 from bnn_cli.training.callbacks import Guard
-from bnn_cli.training.evaluation import describe_selection, evaluate_checkpoint
+from bnn_cli.training.evaluation import describe_scoring, describe_selection, evaluate_checkpoint
 from bnn_cli.training.state import LoopState, target_record
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
@@ -84,10 +84,8 @@ def _test_evaluation(job: Job) -> dict[str, Any]:
     selected_on = selection(job.config) if pointer == "best" else None
     report = evaluate_checkpoint(job, checkpoint, spec.data.test_split, str(run.path),
                                  pointer, selected_on)
-    test = {"split": report.split, "checkpoint": report.checkpoint, "epoch": report.epoch,
-            "pointer": pointer, "selected_on": report.selected_on, "metrics": report.metrics}
+    test = {k: v for k, v in report.as_dict().items() if k != "target"}
     if report.warning:
-        test["warning"] = report.warning
         sys.stderr.write(f"warning: {report.warning}\n")
     return test
 
@@ -97,6 +95,8 @@ def _test_line(test: dict[str, Any]) -> str:
 
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in test["metrics"].items())
     how = describe_selection(test["pointer"], test["checkpoint"], test["selected_on"])
+    if test.get("test_time_augmentation"):
+        how += "; " + describe_scoring(test["test_time_augmentation"])
     return f"test on split {test['split']!r}: {metrics} ({how})"
 
 
