@@ -18,11 +18,10 @@ import numpy as np
 from bnn_cli._keras import keras, tf
 
 
-def mirrored_mean(model: keras.Model, x: tf.Tensor) -> tf.Tensor:
-    """The mean of ``model``'s outputs on ``x`` and on ``x`` mirrored left to right
-    (``x`` is NHWC: the width is axis 2)."""
-    mirrored = tf.reverse(x, axis=[2])
-    return (model(x, training=False) + model(mirrored, training=False)) / 2
+def mirrored_mean(predict: Callable[[Any], Any], x: Any) -> Any:
+    """The mean of ``predict`` on ``x`` and on ``x`` mirrored left to right (``x`` is
+    NHWC, the width axis 2; a tensor or a NumPy array)."""
+    return (predict(x) + predict(x[:, :, ::-1])) / 2
 
 
 class TestTimeAugmented(keras.Model):
@@ -39,7 +38,7 @@ class TestTimeAugmented(keras.Model):
     def call(self, x: Any, training: bool | None = False) -> tf.Tensor:
         if training:
             return self.inner(x, training=True)
-        return mirrored_mean(self.inner, x)
+        return mirrored_mean(lambda t: self.inner(t, training=False), x)
 
 
 def augmented(model: keras.Model, kind: str | None) -> keras.Model | None:
@@ -51,6 +50,4 @@ def augmented(model: keras.Model, kind: str | None) -> keras.Model | None:
 def averaged(predict: Callable[[np.ndarray], np.ndarray],
              kind: str | None) -> Callable[[np.ndarray], np.ndarray]:
     """``predict`` (an exported file's, on NHWC arrays), scored as ``kind`` says."""
-    if kind is None:
-        return predict
-    return lambda x: (predict(x) + predict(x[:, :, ::-1])) / 2
+    return predict if kind is None else lambda x: mirrored_mean(predict, x)
