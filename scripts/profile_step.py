@@ -12,7 +12,9 @@ many such ops a step runs, for both networks side by side; the quantizers' eleme
 work (Sign, Select, Abs, ...) and the copies (Pad, Slice, ...) show up as their own rows.
 With ``--rounds N`` it first times both networks' whole steps without the profiler, in
 process CPU time, alternating, N rounds of at least 40 steps (the README's bnn vs
-full-precision ratio for this config).
+full-precision ratio for this config); ``--parts`` adds the BNN without each of the
+twin's changes alone (its input quantizers, its kernel quantizers, its clip, its padding
+with ones), so each part's share of the difference shows.
 """
 
 from __future__ import annotations
@@ -101,15 +103,26 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=0,
                         help="also time both networks' steps in CPU time, alternating, "
                              "this many rounds (no profiler)")
+    parser.add_argument("--parts", action="store_true",
+                        help="with --rounds: also the BNN without each part the twin drops")
     args = parser.parse_args()
     cpu = str(machine.cpu())
     if args.rounds:
-        ms = cpu_ms_per_step({"bnn": benchmark.bnn_model(args.config),
-                              "fp": benchmark.bnn_model(args.config, FP_OVERRIDES)},
+        variants = {"bnn": [], "fp": FP_OVERRIDES}
+        if args.parts:  # (one twin override alone: model.defaults.QuantConv2D.KEY=...)
+            variants |= {"without " + o.split("=")[0].rsplit(".", 1)[-1]: [o]
+                         for o in FP_OVERRIDES}
+        ms = cpu_ms_per_step({name: benchmark.bnn_model(args.config, overrides)
+                              for name, overrides in variants.items()},
                              args.batch, max(args.steps, 40), args.rounds)
         print(f"CPU ms per step (median of {args.rounds} rounds): bnn {ms['bnn']:.1f}, "
               f"full precision {ms['fp']:.1f}, bnn vs full precision "
-              f"{ms['fp'] / ms['bnn']:.2f}x\n")
+              f"{ms['fp'] / ms['bnn']:.2f}x")
+        gap = ms["bnn"] - ms["fp"]
+        for name in list(ms)[2:]:
+            share = f" ({(ms['bnn'] - ms[name]) / gap:.0%} of the difference)" if gap else ""
+            print(f"  bnn {name}: {ms[name]:.1f}, {ms['fp'] / ms[name]:.2f}x{share}")
+        print()
     bnn = profile(benchmark.bnn_model(args.config), args.batch, args.steps)
     fp = profile(benchmark.bnn_model(args.config, FP_OVERRIDES), args.batch, args.steps)
     kinds = sorted(set(bnn[0]) | set(fp[0]), key=lambda k: -max(bnn[0].get(k, 0),
