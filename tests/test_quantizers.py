@@ -842,3 +842,33 @@ def test_sign_pseudo_gradients_bit_for_bit_as_larq(name):
     theirs = _value_and_grad(getattr(lq.quantizers, name), x)
     np.testing.assert_array_equal(ours[0], theirs[0])
     np.testing.assert_array_equal(ours[1], theirs[1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("clip_value", [1.0, 0.3, 1e-3, 3.14159, 100.0, 1e30])
+def test_straight_through_mask_bit_for_bit_as_larq(clip_value, dtype):
+    """The one-op mask (float32: a fake quantization's gradient, whose bounds must come
+    out exactly +-c) and the select it replaces (the half-precision types) pass exactly
+    Larq's gradient, in a traced step as in training: at +-c, one ulp either side of it,
+    at zero, far out and at NaN, for clip values that are not powers of two."""
+    c = np.float32(clip_value)
+    edges = [c, -c, np.nextafter(c, F32(0)), -np.nextafter(c, F32(0)),
+             np.nextafter(c, F32(np.inf)), -np.nextafter(c, F32(np.inf)), 0.0, -0.0,
+             np.inf, -np.inf, np.nan]
+    rng = np.random.default_rng(5)
+    x = tf.cast(np.concatenate([np.array(edges, F32),
+                                (rng.normal(0, 1.5, 4096) * c).astype(F32)]), dtype)
+    dy = tf.cast(_upstream(x.shape), dtype)
+
+    def traced(fn):
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = fn(x, clip_value=clip_value)
+            return y, tape.gradient(y, x, output_gradients=dy)
+        return [t.numpy().astype(F32) for t in step(x)]
+
+    ours, theirs = traced(bq.ste_sign), traced(lq.quantizers.ste_sign)
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    np.testing.assert_array_equal(ours[1], theirs[1])
