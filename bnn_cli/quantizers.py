@@ -69,7 +69,8 @@ def _clipped_gradient(x: tf.Tensor, dy: tf.Tensor, clip_value: float | None) -> 
         # fake quantization passes dy exactly where nudged_min <= x <= nudged_max. With
         # 2 bits in the narrow range its grid is {-c, 0, c} (scale c, zero point 2), so
         # the nudged bounds are exactly -c and c. It multiplies dy by the 0/1 mask where
-        # the select chose zero: the same values, bar the sign of a zero.
+        # the select chose zero: the same values, bar the sign of a zero (and a NaN
+        # where an infinite or NaN dy meets the mask's zero: a step that has diverged).
         return tf.raw_ops.FakeQuantWithMinMaxArgsGradient(
             gradients=dy, inputs=x, min=-clip_value, max=clip_value, num_bits=2,
             narrow_range=True)
@@ -78,7 +79,7 @@ def _clipped_gradient(x: tf.Tensor, dy: tf.Tensor, clip_value: float | None) -> 
 
 
 # Beyond this, the fake quantization's range 2c would overflow float32; the op only
-# takes float32 (float16 and bfloat16 gradients take the select above).
+# takes float32 (float16 and bfloat16 gradients take the select).
 _ONE_OP_MASK_LIMIT = 1e38
 
 
