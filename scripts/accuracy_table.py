@@ -12,9 +12,10 @@ Each run chooses its checkpoint on the validation split held out of the training
 
 Time to accuracy is given in two more forms beside wall minutes: **reference epochs**, the
 wall time over one epoch of the plain Larq + Keras MNIST script measured on the same
-machine in the same invocation (before and after the runs; `benchmark.reference_epoch`),
-and the **training compute**, multiply-accumulates spent (run.json's `compute`: about 3 x
-the forward MACs per example, times examples seen; binary and real-valued apart). With
+machine in the same invocation (before and after the runs, each on quiet cores;
+`benchmark.reference_epoch`), and the **training compute**, multiply-accumulates spent
+(run.json's `compute`: about 3 x the forward MACs per example, times examples seen;
+binary and real-valued apart). With
 `--seeds`, each seed is its own `bnn train` (`training.seed=S`) and the row gives their
 mean, each seed and the spread; the twin trains with the first seed.
 

@@ -61,10 +61,33 @@ def test_the_reference_epoch_runs_with_tensorflows_own_defaults(monkeypatch):
 
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
     monkeypatch.setattr(benchmark, "_timed_process", fake)
+    monkeypatch.setattr(benchmark, "wait_until_quiet", lambda: seen.setdefault("quiet", 1))
     assert benchmark.reference_epoch("/data") == 5.0
+    assert seen["quiet"] == 1 and "cmd" in seen  # it waited for quiet cores first
     assert "TF_ENABLE_ONEDNN_OPTS" not in seen["env"]
     assert seen["cmd"][2:9] == ["configs/larq_mnist.yaml", "mnist", "train", "test", "64",
                                 "4", "0.001"]
+
+
+def test_busy_share_counts_other_work_and_steal_not_idle(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    # cpu  user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n")
+
+    def sleep(_seconds):  # 200 ticks later: 60 user, 20 steal, 100 idle, 20 iowait
+        stat.write_text("cpu  160 0 50 900 70 0 0 20 0 0\n")
+
+    monkeypatch.setattr(benchmark.time, "sleep", sleep)
+    assert benchmark.busy_share(1.0, stat) == pytest.approx(0.4)
+    assert benchmark.busy_share(1.0, tmp_path / "missing") == 0.0
+
+
+def test_the_reference_waits_for_quiet_cores_and_gives_up_saying_so(capsys):
+    shares = iter([0.9, 0.5, 0.05, 0.9])
+    assert benchmark.wait_until_quiet(0.15, 600, lambda: next(shares)) == 0.05
+    assert capsys.readouterr().err.count("waiting for quiet cores") == 2
+    assert benchmark.wait_until_quiet(0.15, 0, lambda: 0.7) == 0.7
+    assert "70% busy after 0 s: measuring anyway" in capsys.readouterr().err
 
 
 def test_epoch_time_is_the_median_gap_between_epoch_lines():
