@@ -60,6 +60,11 @@ QuantizerLike = Callable[[tf.Tensor], tf.Tensor]
 # ---------------------------------------------------------------------------------------
 
 
+# Beyond this, the fake quantization's range 2c would overflow float32; the op only
+# takes float32 (float16 and bfloat16 gradients take the select).
+_ONE_OP_MASK_LIMIT = 1e38
+
+
 def _clipped_gradient(x: tf.Tensor, dy: tf.Tensor, clip_value: float | None) -> tf.Tensor:
     """``dy`` where ``|x| <= clip_value`` (the boundary passes), zero elsewhere."""
     if clip_value is None:
@@ -76,11 +81,6 @@ def _clipped_gradient(x: tf.Tensor, dy: tf.Tensor, clip_value: float | None) -> 
             narrow_range=True)
     # (a scalar zero: tf.zeros_like would be one more pass over the whole tensor)
     return tf.where(tf.math.abs(x) <= clip_value, dy, tf.zeros((), dy.dtype))
-
-
-# Beyond this, the fake quantization's range 2c would overflow float32; the op only
-# takes float32 (float16 and bfloat16 gradients take the select).
-_ONE_OP_MASK_LIMIT = 1e38
 
 
 def ste_sign(x: tf.Tensor, clip_value: float | None = 1.0) -> tf.Tensor:

@@ -15,9 +15,9 @@ wall time over one epoch of the plain Larq + Keras MNIST script measured on the 
 machine in the same invocation (before and after the runs, each on quiet cores;
 `benchmark.reference_epoch`), and the **training compute**, multiply-accumulates spent
 (run.json's `compute`: about 3 x the forward MACs per example, times examples seen;
-binary and real-valued apart). With
-`--seeds`, each seed is its own `bnn train` (`training.seed=S`) and the row gives their
-mean, each seed and the spread; the twin trains with the first seed.
+binary and real-valued apart). With `--seeds`, each seed is its own `bnn train`
+(`training.seed=S`) and the row gives their mean, each seed and the spread; the twin
+trains with the first seed.
 
 `--run NAME=RUN_DIR` (NAME:fp for the twin) takes that run from an existing run
 directory instead of training it, so the table can be rebuilt without retraining. Each
